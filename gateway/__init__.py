@@ -1,0 +1,1 @@
+"""Authenticating gateway and WebSocket proxy for VM consoles."""

@@ -1,0 +1,293 @@
+"""Typed, validated settings: YAML file plus CGW_<SECTION>_<KEY> environment overrides."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+ENV_PREFIX = "CGW_"
+# The upstream console URL is valid for 10 minutes (seed document); nothing may be cached longer.
+UPSTREAM_URL_VALIDITY_S = 600
+
+JwtAlgorithm = Literal[
+    "HS256", "HS384", "HS512",
+    "RS256", "RS384", "RS512",
+    "PS256", "PS384", "PS512",
+    "ES256", "ES384", "ES512",
+    "EdDSA",
+]
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased as one line that names the key."""
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http(s) URL with a host")
+    return value.rstrip("/")
+
+
+HttpUrlStr = Annotated[str, AfterValidator(_http_url)]
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerSettings(_Section):
+    host: str = "0.0.0.0"  # noqa: S104 - a service behind a load balancer listens on all interfaces
+    port: int = Field(8080, ge=1, le=65535)
+    public_base_url: HttpUrlStr = "http://127.0.0.1:8080"
+    trusted_proxies: tuple[IpNetwork, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    max_body_bytes: int = Field(16 * 1024, ge=256, le=1024 * 1024)
+    max_json_depth: int = Field(8, ge=2, le=64)
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins_are_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
+                raise ValueError(f"{origin!r} is not an origin like https://portal.example.com")
+        return value
+
+
+class AuthSettings(_Section):
+    issuer: str = Field(min_length=1)
+    audience: str = Field(min_length=1)
+    algorithms: tuple[JwtAlgorithm, ...] = ("RS256",)
+    jwks_url: HttpUrlStr | None = None
+    public_key_file: Path | None = None
+    hs256_secret: SecretStr | None = None
+    leeway_s: int = Field(30, ge=0, le=300)
+    projects_claim: str = "projects"
+    roles_claim: str = "roles"
+    admin_role: str = "console-admin"
+    jwks_cache_ttl_s: int = Field(300, ge=10, le=86400)
+    jwks_refetch_cooldown_s: int = Field(30, ge=1, le=3600)
+    max_token_bytes: int = Field(8192, ge=512, le=65536)
+
+    @model_validator(mode="after")
+    def _one_consistent_key_source(self) -> AuthSettings:
+        sources = [self.jwks_url, self.public_key_file, self.hs256_secret]
+        if sum(s is not None for s in sources) != 1:
+            raise ValueError(
+                "exactly one key source is required: jwks_url, public_key_file or hs256_secret"
+            )
+        if not self.algorithms:
+            raise ValueError("algorithms must list at least one algorithm")
+        symmetric = {a.startswith("HS") for a in self.algorithms}
+        # Mixing HMAC and public-key algorithms is what makes key-confusion attacks possible.
+        if len(symmetric) > 1:
+            raise ValueError("algorithms must not mix HS* with public-key algorithms")
+        if (self.hs256_secret is not None) != (True in symmetric):
+            raise ValueError("hs256_secret goes with HS* algorithms, public keys with RS/PS/ES/EdDSA")
+        if self.hs256_secret is not None and len(self.hs256_secret.get_secret_value()) < 32:
+            raise ValueError("hs256_secret must be at least 32 characters")
+        return self
+
+
+class KeystoneSettings(_Section):
+    auth_url: HttpUrlStr
+    username: str = Field(min_length=1)
+    password: SecretStr
+    user_domain_name: str = "Default"
+    project_id: str = Field(min_length=1)
+    renew_before_s: int = Field(300, ge=10, le=3600)
+
+
+class UpstreamSettings(_Section):
+    compute_url: HttpUrlStr
+    microversion: str = "2.6"
+    token: SecretStr = SecretStr("")
+    keystone: KeystoneSettings | None = None
+    timeout_s: float = Field(10, gt=0, le=120)
+    connect_timeout_s: float = Field(3, gt=0, le=60)
+    retries: int = Field(2, ge=0, le=5)
+    retry_backoff_s: float = Field(0.2, ge=0, le=10)
+    console_hosts: tuple[str, ...] = Field(min_length=1)
+    ca_file: Path | None = None
+    max_connections: int = Field(0, ge=0)  # 0 = unlimited: aiohttp's default of 100 stalls at scale
+    max_response_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+
+    @field_validator("microversion")
+    @classmethod
+    def _at_least_2_6(cls, value: str) -> str:
+        match = re.fullmatch(r"2\.(\d+)", value)
+        if not match or int(match.group(1)) < 6:
+            raise ValueError("must be a compute microversion 2.6 or later, like '2.6'")
+        return value
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> UpstreamSettings:
+        has_token = bool(self.token.get_secret_value())
+        if has_token == (self.keystone is not None):
+            raise ValueError("set exactly one of token (CGW_UPSTREAM_TOKEN) or keystone")
+        return self
+
+
+class RedisSettings(_Section):
+    url: str = ""  # empty = embedded in-process store, single instance only
+    key_prefix: str = Field("cgw:", pattern=r"^[A-Za-z0-9:_.-]{0,32}$")
+    socket_timeout_s: float = Field(2, gt=0, le=60)
+
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        allowed = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss+cluster")
+        if value and urlsplit(value).scheme not in allowed:
+            raise ValueError(f"must be empty (embedded) or a URL with scheme in {allowed}")
+        return value
+
+
+class CacheSettings(_Section):
+    console_url_ttl_s: int = Field(540, gt=0, lt=UPSTREAM_URL_VALIDITY_S)
+    # A cached URL with less validity left than this is refreshed, not served.
+    min_remaining_s: int = Field(120, ge=0, lt=UPSTREAM_URL_VALIDITY_S)
+    lock_ttl_s: float = Field(15, gt=0, le=120)
+    lock_wait_s: float = Field(12, gt=0, le=120)
+    error_ttl_s: float = Field(2, ge=0, le=30)
+
+
+class SessionSettings(_Section):
+    ttl_s: int = Field(900, ge=10, le=86400)
+    max_lifetime_s: int = Field(28800, ge=60, le=7 * 86400)
+    tombstone_s: int = Field(3600, ge=0, le=86400)
+
+    @model_validator(mode="after")
+    def _ttl_within_lifetime(self) -> SessionSettings:
+        if self.ttl_s > self.max_lifetime_s:
+            raise ValueError("ttl_s must not exceed max_lifetime_s")
+        return self
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+class Settings(_Section):
+    server: ServerSettings = ServerSettings()
+    auth: AuthSettings
+    upstream: UpstreamSettings
+    redis: RedisSettings = RedisSettings()
+    cache: CacheSettings = CacheSettings()
+    sessions: SessionSettings = SessionSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+
+def load_settings(path: str | Path | None, env: Mapping[str, str]) -> Settings:
+    """Build the settings once at start-up; raise ConfigError naming the first bad key."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    merged = _apply_env(raw, env)
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_first_error_line(exc)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path}: not valid YAML ({exc.__class__.__name__})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping of sections")
+    return data
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Overlay CGW_<SECTION>_<KEY> (and CGW_UPSTREAM_KEYSTONE_<KEY>) on the file's values."""
+    merged: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = _env_name_to_path(name[len(ENV_PREFIX):].lower())
+        if path is None:
+            continue
+        target = merged
+        for part in path[:-1]:
+            existing = target.get(part)
+            target[part] = dict(existing) if isinstance(existing, dict) else {}
+            target = target[part]
+        target[path[-1]] = _parse_env_value(value)
+    return merged
+
+
+def _env_name_to_path(name: str) -> list[str] | None:
+    """Map 'auth_hs256_secret' to ['auth', 'hs256_secret'] using the model's own field names."""
+    for section, field in Settings.model_fields.items():
+        if not name.startswith(section + "_"):
+            continue
+        key = name[len(section) + 1:]
+        annotation = field.annotation
+        nested = getattr(annotation, "model_fields", {})
+        if key in nested:
+            return [section, key]
+        if section == "upstream" and key.startswith("keystone_"):
+            return [section, "keystone", key[len("keystone_"):]]
+    return None
+
+
+def _parse_env_value(value: str) -> Any:
+    """Lists and numbers may be given as YAML/JSON ('[a, b]', '30'); other values stay strings."""
+    stripped = value.strip()
+    if stripped.startswith(("[", "{")):
+        try:
+            return yaml.safe_load(stripped)
+        except yaml.YAMLError:
+            return value
+    return value
+
+
+def _first_error_line(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing":
+        message = "is required"
+    elif error["type"] == "extra_forbidden":
+        message = "is not a known setting"
+    return f"invalid configuration: {key}: {message}"
+
+
+def masked_dump(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, with every secret replaced by '***'."""
+    data = settings.model_dump(mode="json")
+
+    def mask(node: Any, model: BaseModel) -> Any:
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            if isinstance(value, SecretStr):
+                node[name] = "***" if value.get_secret_value() else ""
+            elif isinstance(value, BaseModel):
+                mask(node[name], value)
+        return node
+
+    return mask(data, settings)  # type: ignore[no-any-return]
