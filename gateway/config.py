@@ -26,10 +26,18 @@ ENV_PREFIX = "CGW_"
 UPSTREAM_URL_VALIDITY_S = 600
 
 JwtAlgorithm = Literal[
-    "HS256", "HS384", "HS512",
-    "RS256", "RS384", "RS512",
-    "PS256", "PS384", "PS512",
-    "ES256", "ES384", "ES512",
+    "HS256",
+    "HS384",
+    "HS512",
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
     "EdDSA",
 ]
 
@@ -101,7 +109,7 @@ class AuthSettings(_Section):
         if len(symmetric) > 1:
             raise ValueError("algorithms must not mix HS* with public-key algorithms")
         if (self.hs256_secret is not None) != (True in symmetric):
-            raise ValueError("hs256_secret goes with HS* algorithms, public keys with RS/PS/ES/EdDSA")
+            raise ValueError("hs256_secret needs HS* algorithms; public keys need RS/PS/ES/EdDSA")
         if self.hs256_secret is not None and len(self.hs256_secret.get_secret_value()) < 32:
             raise ValueError("hs256_secret must be at least 32 characters")
         return self
@@ -214,7 +222,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"config file {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path}: not valid YAML ({exc.__class__.__name__})") from None
+        reason = exc.__class__.__name__
+        raise ConfigError(f"config file {path}: not valid YAML ({reason})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -228,7 +237,7 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX):
             continue
-        path = _env_name_to_path(name[len(ENV_PREFIX):].lower())
+        path = _env_name_to_path(name[len(ENV_PREFIX) :].lower())
         if path is None:
             continue
         target = merged
@@ -245,13 +254,13 @@ def _env_name_to_path(name: str) -> list[str] | None:
     for section, field in Settings.model_fields.items():
         if not name.startswith(section + "_"):
             continue
-        key = name[len(section) + 1:]
+        key = name[len(section) + 1 :]
         annotation = field.annotation
         nested = getattr(annotation, "model_fields", {})
         if key in nested:
             return [section, key]
         if section == "upstream" and key.startswith("keystone_"):
-            return [section, "keystone", key[len("keystone_"):]]
+            return [section, "keystone", key[len("keystone_") :]]
     return None
 
 
@@ -268,13 +277,23 @@ def _parse_env_value(value: str) -> Any:
 
 def _first_error_line(exc: ValidationError) -> str:
     error = exc.errors()[0]
-    key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    key = ".".join(_readable_loc(error["loc"])) or "(top level)"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "missing":
         message = "is required"
     elif error["type"] == "extra_forbidden":
         message = "is not a known setting"
     return f"invalid configuration: {key}: {message}"
+
+
+def _readable_loc(loc: tuple[int | str, ...]) -> list[str]:
+    """Field names and list indexes, without pydantic's union-branch labels."""
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, str) and not re.fullmatch(r"[a-z_][a-z0-9_]*", part):
+            break
+        parts.append(str(part))
+    return parts
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:

@@ -122,7 +122,8 @@ def _all_subclasses(cls: type[GatewayError]) -> list[type[GatewayError]]:
 
 def error_from_code(code: str, message: str) -> GatewayError:
     """Rebuild an error shared through Redis so every single-flight waiter raises the same one."""
-    for cls in [GatewayError, *_all_subclasses(GatewayError)]:
+    candidates: list[type[GatewayError]] = [GatewayError, *_all_subclasses(GatewayError)]
+    for cls in candidates:
         if cls.code == code and cls not in (Unauthenticated, RateLimited):
             return cls(message)
     return UpstreamError(message)

@@ -2,52 +2,36 @@
 
 from __future__ import annotations
 
-import copy
 import shutil
-import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import fakeredis
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
+from gateway.app import create_app
 from gateway.config import Settings, load_settings
+from gateway.observability import AccessLogger
+from gateway.simulator.compute import create_compute_app
+from gateway.simulator.state import ComputeSimulator
+from tests.support import (
+    BASE_CONFIG,
+    PROJECT,
+    SERVER,
+    STOPPED_SERVER,
+    UPSTREAM_TOKEN,
+    deep_merge,
+    free_port,
+    wait_for_port,
+)
 
-HS_SECRET = "test-secret-that-is-long-enough-for-hs256!"
-
-BASE_CONFIG: dict[str, Any] = {
-    "server": {
-        "public_base_url": "https://gw.example.com",
-        "allowed_origins": ["https://portal.example.com"],
-    },
-    "auth": {
-        "issuer": "https://portal.example.com",
-        "audience": "console-gateway",
-        "algorithms": ["HS256"],
-        "hs256_secret": HS_SECRET,
-    },
-    "upstream": {
-        "compute_url": "http://127.0.0.1:1",
-        "token": "upstream-service-token-SECRET",
-        "console_hosts": ["127.0.0.1"],
-        "timeout_s": 5,
-        "retry_backoff_s": 0.01,
-    },
-}
-
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+GatewayFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
 
 @pytest.fixture
@@ -55,28 +39,14 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
     """Settings from BASE_CONFIG with nested overrides, through the real YAML loader."""
     import yaml
 
-    def build(overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Settings:
+    def build(
+        overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None
+    ) -> Settings:
         path = tmp_path / "gateway.yaml"
         path.write_text(yaml.safe_dump(deep_merge(BASE_CONFIG, overrides or {})))
         return load_settings(path, env or {})
 
     return build
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_for_port(port: int, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s")
 
 
 @pytest.fixture(scope="session")
@@ -88,11 +58,24 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir), "--logfile", str(workdir / "redis.log")],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+            "--logfile",
+            str(workdir / "redis.log"),
+        ],
     )
     try:
-        _wait_for_port(port)
+        wait_for_port(port)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         proc.terminate()
@@ -117,3 +100,47 @@ async def fake_redis() -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+def simulator() -> ComputeSimulator:
+    """A simulated cloud with one running and one stopped server in PROJECT."""
+    sim = ComputeSimulator(
+        console_base_url="http://127.0.0.1:6080", service_tokens=[UPSTREAM_TOKEN]
+    )
+    sim.add_server(PROJECT, SERVER)
+    sim.add_server(PROJECT, STOPPED_SERVER, status="SHUTOFF")
+    return sim
+
+
+@pytest.fixture
+async def compute_url(
+    aiohttp_server: Callable[[web.Application], Awaitable[TestServer]], simulator: ComputeSimulator
+) -> str:
+    server = await aiohttp_server(create_compute_app(simulator))
+    return str(server.make_url("")).rstrip("/")
+
+
+@pytest.fixture
+def make_gateway(
+    make_settings: Callable[..., Settings],
+    compute_url: str,
+    aiohttp_client: Callable[[TestServer], Awaitable[TestClient[Any, Any]]],
+) -> GatewayFactory:
+    """A gateway app in front of the simulator, on the Redis client the test chooses."""
+
+    async def make(
+        redis: aioredis.Redis,
+        overrides: dict[str, Any] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> TestClient[web.Request, web.Application]:
+        settings = make_settings(
+            deep_merge({"upstream": {"compute_url": compute_url}}, overrides or {})
+        )
+        # Started here because TestServer drops runner options given to its constructor.
+        server = TestServer(create_app(settings, redis=redis, clock=clock))
+        await server.start_server(access_log_class=AccessLogger)
+        client: TestClient[web.Request, web.Application] = await aiohttp_client(server)
+        return client
+
+    return make

@@ -1,0 +1,1 @@
+"""Authentication (JWT verification, JWKS keys) and authorization (claims policy)."""

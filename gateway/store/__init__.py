@@ -1,0 +1,1 @@
+"""Redis-backed shared state: cached upstream values, single-flight locks, console records."""

@@ -1,0 +1,1 @@
+"""The adapter to the compute API: HTTP session, credentials, client, console-URL checks."""

@@ -1,0 +1,110 @@
+"""The application factory: wires settings, resources and routes; no module state."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+from aiohttp import web
+from redis.asyncio import Redis
+
+from gateway.auth.verifier import create_verifier
+from gateway.config import Settings
+from gateway.consoles import ConsoleService
+from gateway.health import Health
+from gateway.keys import COMPUTE, CONSOLES, HEALTH, HTTP_SESSION, REDIS, SETTINGS, STORE, VERIFIER
+from gateway.store.connect import create_redis
+from gateway.store.keyspace import KeySpace
+from gateway.store.redis_store import Store
+from gateway.upstream.client import ComputeClient
+from gateway.upstream.credentials import CredentialProvider, StaticToken
+from gateway.upstream.http import create_http_session
+from gateway.upstream.keystone import KeystoneTokenProvider
+from gateway.web import api, health, nova
+from gateway.web.errors import error_middleware
+from gateway.web.middlewares import auth_middleware, request_id_middleware
+
+log = logging.getLogger("gateway.app")
+
+Clock = Callable[[], float]
+
+
+def create_app(
+    settings: Settings, *, redis: Redis | None = None, clock: Clock = time.time
+) -> web.Application:
+    """Build the gateway; tests pass their own Redis client (fake or real) and clock."""
+    app = web.Application(
+        middlewares=[request_id_middleware, error_middleware, auth_middleware],
+        # Bodies are read by bodies.read_json_object with their own, smaller bound.
+        client_max_size=settings.server.max_body_bytes + 1,
+    )
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_http_session_ctx)
+    app.cleanup_ctx.append(_redis_ctx(redis))
+    app.cleanup_ctx.append(_services_ctx(clock))
+    for module in (api, nova, health):
+        module.add_routes(app)
+    return app
+
+
+async def _http_session_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with create_http_session(app[SETTINGS].upstream) as session:
+        app[HTTP_SESSION] = session
+        yield
+
+
+def _redis_ctx(injected: Redis | None) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        if injected is not None:
+            app[REDIS] = injected
+            yield
+            return
+        client, embedded = create_redis(app[SETTINGS].redis)
+        if embedded:
+            log.warning(
+                "redis.url is empty: using the embedded in-process store (single instance only)"
+            )
+        app[REDIS] = client
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    return ctx
+
+
+def _services_ctx(clock: Clock) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        store = Store(app[REDIS], KeySpace(settings.redis.key_prefix), settings.cache, clock=clock)
+        # JWKS lives on the portal, not the cloud: its session must not use upstream.ca_file.
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as auth_session:
+            compute = ComputeClient(
+                settings.upstream,
+                app[HTTP_SESSION],
+                _credentials(settings, app[HTTP_SESSION], store),
+            )
+            app[STORE] = store
+            app[COMPUTE] = compute
+            app[VERIFIER] = create_verifier(settings.auth, auth_session)
+            app[CONSOLES] = ConsoleService(settings, store, compute, clock=clock)
+            app[HEALTH] = Health(store)
+            yield
+
+    return ctx
+
+
+def _credentials(
+    settings: Settings, session: aiohttp.ClientSession, store: Store
+) -> CredentialProvider:
+    keystone = settings.upstream.keystone
+    if keystone is None:
+        return StaticToken(settings.upstream.token.get_secret_value())
+    cache_key = store.keyspace.keystone_token(
+        keystone.auth_url, keystone.username, keystone.project_id
+    )
+    return KeystoneTokenProvider(
+        keystone, session, store, cache_key, timeout_s=settings.upstream.timeout_s
+    )

@@ -1,0 +1,90 @@
+"""console-gateway: serve, check-config and demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import sys
+from collections.abc import Sequence
+
+import yaml
+from aiohttp import web
+
+from gateway.app import create_app
+from gateway.config import ConfigError, Settings, load_settings, masked_dump
+from gateway.observability import AccessLogger, setup_logging
+
+
+def raise_fd_limit() -> int:
+    """Lift the soft open-files limit to the hard one: each console holds two sockets."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        except (ValueError, OSError):
+            return soft
+    return soft
+
+
+def _load_or_exit(path: str | None) -> Settings:
+    try:
+        return load_settings(path, os.environ)
+    except ConfigError as exc:
+        print(f"console-gateway: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _load_or_exit(args.config or os.environ.get("CGW_CONFIG"))
+    setup_logging(settings.logging)
+    raise_fd_limit()
+    web.run_app(
+        create_app(settings),
+        host=settings.server.host,
+        port=settings.server.port,
+        access_log_class=AccessLogger,
+        print=None,
+    )
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _load_or_exit(args.file)
+    print(yaml.safe_dump(masked_dump(settings), sort_keys=False), end="")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo  # the only place the simulator is imported
+
+    asyncio.run(run_demo(host=args.host, port=args.port))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="console-gateway", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="YAML settings file (default: $CGW_CONFIG)")
+    serve.set_defaults(func=cmd_serve)
+    check = commands.add_parser("check-config", help="validate a settings file, print it masked")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_check_config)
+    demo = commands.add_parser("demo", help="gateway + simulator + embedded store in one process")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8080)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,24 @@
+"""Liveness and readiness state of one instance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway import errors
+from gateway.store.redis_store import Store
+
+
+@dataclass
+class Health:
+    store: Store
+    draining: bool = False
+
+    async def readiness_problem(self) -> str | None:
+        """Why this instance should not get traffic now, or None when it should."""
+        if self.draining:
+            return "draining"
+        try:
+            await self.store.ping()
+        except errors.StoreUnavailable:
+            return "store_unavailable"
+        return None

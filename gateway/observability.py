@@ -1,0 +1,107 @@
+"""Logging for the gateway: JSON lines, request ids, and the one place secrets are redacted."""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import logging
+import re
+import sys
+import time
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from gateway.config import LoggingSettings
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+# Each pattern finds a secret or a capability; the replacement keeps enough to correlate.
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
+_QUERY_SECRET = re.compile(
+    r"(?i)((?:token|password|secret|jwt|access_token|auth)=|%3Ftoken%3D|%26token%3D)[^&\s\"'#]+"
+)
+_AUTH_SCHEME = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
+_HEADER_SECRET = re.compile(
+    r"(?i)(x-auth-token|x-subject-token|authorization)([\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+"
+)
+_JSON_SECRET = re.compile(r"(?i)(\"(?:password|token|secret|hs256_secret)\"\s*:\s*\")[^\"]*")
+# A gateway console id: 43 base64url characters (256 bits); logged only as a short hash.
+_CONSOLE_ID = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])")
+
+
+def short_hash(value: str) -> str:
+    return "#" + hashlib.sha256(value.encode()).hexdigest()[:12]
+
+
+def redact(text: str) -> str:
+    """Remove tokens, JWTs, passwords and console ids from text bound for a log line."""
+    text = _JWT.sub("<jwt>", text)
+    text = _QUERY_SECRET.sub(lambda m: m.group(1) + "<redacted>", text)
+    text = _AUTH_SCHEME.sub(lambda m: m.group(1) + " <redacted>", text)
+    text = _HEADER_SECRET.sub(lambda m: m.group(1) + m.group(2) + "<redacted>", text)
+    text = _JSON_SECRET.sub(lambda m: m.group(1) + "<redacted>", text)
+    return _CONSOLE_ID.sub(lambda m: short_hash(m.group(0)), text)
+
+
+class RedactingFormatter(logging.Formatter):
+    """Formats a record, as JSON or text, and redacts the whole line, traceback included."""
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__()
+        self._json = fmt == "json"
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        fields: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "request_id": getattr(record, "request_id", None) or request_id_var.get(),
+            "msg": message,
+        }
+        fields.update(getattr(record, "fields", {}))
+        if self._json:
+            return redact(json.dumps(fields, default=str))
+        extra = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("ts", "msg", "level"))
+        return redact(f"{fields['ts']} {fields['level']:<7} {message} [{extra}]")
+
+
+def setup_logging(settings: LoggingSettings, stream: Any = None) -> logging.Handler:
+    """Route every logger (aiohttp's and redis's included) through one redacting handler."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(RedactingFormatter(settings.format))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(settings.level)
+    return handler
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request; redact() turns console ids in the path into short hashes."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            "%s %s %s",
+            request.method,
+            request.path,
+            response.status,
+            extra={
+                "request_id": response.headers.get("X-Request-ID", "-"),
+                "fields": {
+                    "event": "http_request",
+                    "method": request.method,
+                    "path": request.path,
+                    "status": response.status,
+                    "duration_ms": round(time * 1000, 2),
+                    "remote": request.remote,
+                },
+            },
+        )
