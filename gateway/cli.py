@@ -13,7 +13,8 @@ import yaml
 from aiohttp import web
 
 from gateway.app import create_app
-from gateway.config import ConfigError, Settings, load_settings, masked_dump
+from gateway.config import ConfigError, Settings
+from gateway.config_loader import load_settings, masked_dump
 from gateway.observability import AccessLogger, setup_logging
 
 

@@ -16,7 +16,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
-from gateway.config import Settings, load_settings
+from gateway.config import Settings
+from gateway.config_loader import load_settings
 from gateway.observability import AccessLogger
 from gateway.simulator.compute import create_compute_app
 from gateway.simulator.state import ComputeSimulator

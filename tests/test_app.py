@@ -6,7 +6,7 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -14,7 +14,8 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway.config import LoggingSettings
+from gateway.app import create_app
+from gateway.config import LoggingSettings, Settings
 from gateway.observability import setup_logging, short_hash
 from gateway.simulator.state import ComputeSimulator
 from tests.conftest import GatewayFactory
@@ -163,5 +164,74 @@ async def test_no_token_jwt_or_console_id_leaks_into_logs_or_responses(
     assert console_id not in logs
     assert short_hash(console_id) in logs  # ...as a short hash
     assert [text.split(" ")[0] for text in seen] == [
-        "201", "200", "200", "502", "502", "401", "204", "410"
+        "201",
+        "200",
+        "200",
+        "502",
+        "502",
+        "401",
+        "204",
+        "410",
     ]
+
+
+async def test_keystone_token_is_shared_by_instances_and_renewed_once_on_401(
+    make_gateway: GatewayFactory,
+    redis_server: str,
+    real_redis: aioredis.Redis,
+    simulator: ComputeSimulator,
+    compute_url: str,
+) -> None:
+    simulator.keystone_users["svc-console"] = "keystone-password-SECRET"
+    keystone = {
+        "auth_url": f"{compute_url}/identity/v3",
+        "username": "svc-console",
+        "password": "keystone-password-SECRET",
+        "project_id": "service-project",
+    }
+    overrides = {"upstream": {"token": "", "keystone": keystone}}
+    first, second = [
+        await make_gateway(aioredis.Redis.from_url(redis_server), overrides) for _ in range(2)
+    ]
+    body = {**BODY, "server_id": SERVER}
+    for client in (first, second):
+        response = await client.post("/v1/consoles", json=body, headers=bearer(mint_jwt()))
+        assert response.status == 201
+        await real_redis.delete(*await redis_keys(real_redis, "*:url:*"))  # force upstream calls
+    assert simulator.keystone_calls == 1  # the second instance used the token from Redis
+    assert simulator.console_calls == 2
+
+    simulator.revoke_keystone_tokens()  # the cloud forgets the token before it expires
+    response = await second.post("/v1/consoles", json=body, headers=bearer(mint_jwt()))
+    assert response.status == 201
+    assert simulator.keystone_calls == 2
+    assert simulator.console_calls == 4  # one refused with 401, one retried with the new token
+
+
+async def test_keystone_refusing_the_gateway_is_502(
+    make_gateway: GatewayFactory, real_redis: aioredis.Redis, compute_url: str
+) -> None:
+    keystone = {
+        "auth_url": f"{compute_url}/identity/v3",
+        "username": "nobody",
+        "password": "wrong",
+        "project_id": "service-project",
+    }
+    client = await make_gateway(real_redis, {"upstream": {"token": "", "keystone": keystone}})
+    response = await client.post("/v1/consoles", json=BODY, headers=bearer(mint_jwt()))
+    assert response.status == 502
+    assert "wrong" not in await response.text()
+
+
+async def test_embedded_store_warns_and_serves(
+    make_settings: Callable[..., Settings],
+    compute_url: str,
+    captured_logs: io.StringIO,
+    aiohttp_client: Callable[[web.Application], Awaitable[Client]],
+) -> None:
+    settings = make_settings({"upstream": {"compute_url": compute_url}, "redis": {"url": ""}})
+    client = await aiohttp_client(create_app(settings))
+    assert "embedded in-process store" in captured_logs.getvalue()
+    response = await client.post("/v1/consoles", json=BODY, headers=bearer(mint_jwt()))
+    assert response.status == 201
+    assert (await client.get("/readyz")).status == 200

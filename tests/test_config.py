@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from gateway.config import ConfigError, Settings, load_settings, masked_dump
+from gateway.config import ConfigError, Settings
+from gateway.config_loader import load_settings, masked_dump
 
 REPO = Path(__file__).resolve().parent.parent
 MakeSettings = Callable[..., Settings]

@@ -325,13 +325,16 @@ async def test_upstream_refusals_create_no_console(
     assert await redis_keys(fake_redis, "*console*") == []
 
 
-async def test_garbage_upstream_is_502(client: Client, simulator: ComputeSimulator) -> None:
+async def test_garbage_upstream_is_502(
+    client: Client, simulator: ComputeSimulator, fake_redis: aioredis.Redis
+) -> None:
     simulator.faults.garbage_body = True
     response = await client.post("/v1/consoles", json=BODY, headers=bearer(mint_jwt()))
     assert response.status == 502
     body = await response.json()
     assert body["error"]["code"] == "upstream_error"
     assert "Traceback" not in await response.text()
+    assert await redis_keys(fake_redis, "*console*") == []
 
 
 async def test_console_on_foreign_host_is_502(client: Client, simulator: ComputeSimulator) -> None:
@@ -349,6 +352,7 @@ async def test_slow_upstream_is_504(
     response = await client.post("/v1/consoles", json=BODY, headers=bearer(mint_jwt()))
     assert response.status == 504
     assert (await response.json())["error"]["code"] == "upstream_timeout"
+    assert await redis_keys(fake_redis, "*console*") == []
 
 
 async def test_upstream_503_burst_is_retried(client: Client, simulator: ComputeSimulator) -> None:
