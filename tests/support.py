@@ -90,3 +90,13 @@ def bearer(token: str) -> dict[str, str]:
 async def redis_keys(redis: Any, pattern: str = "*") -> list[str]:
     """Key names as text (redis-py types them bytes | str)."""
     return sorted(k.decode() if isinstance(k, bytes) else str(k) for k in await redis.keys(pattern))
+
+
+class FakeClock:
+    """A clock (epoch or monotonic seconds) that tests move by hand."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

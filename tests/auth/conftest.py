@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from pytest_aiohttp import AiohttpServer
 
 from gateway.config import AuthSettings
-from tests.support import HS_SECRET
+from tests.support import HS_SECRET, FakeClock
 
 ISSUER = "https://portal.example.com"
 AUDIENCE = "console-gateway"
@@ -114,17 +114,9 @@ def ed_key() -> ed25519.Ed25519PrivateKey:
     return ed25519.Ed25519PrivateKey.generate()
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1000.0)
 
 
 @pytest.fixture

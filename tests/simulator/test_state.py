@@ -5,19 +5,11 @@ from __future__ import annotations
 from urllib.parse import parse_qs, urlsplit
 
 from gateway.simulator.state import ComputeSimulator, Faults
-from tests.support import OTHER_PROJECT, PROJECT, SERVER
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support import OTHER_PROJECT, PROJECT, SERVER, FakeClock
 
 
 def test_console_tokens_expire() -> None:
-    clock = Clock()
+    clock = FakeClock(1_000.0)
     sim = ComputeSimulator(console_base_url="http://127.0.0.1:6080/", console_token_ttl_s=600,
                            clock=clock)
     server = sim.add_server(PROJECT, SERVER)
@@ -39,7 +31,7 @@ def test_servers_are_scoped_to_their_project() -> None:
 
 
 def test_keystone_tokens_expire_and_can_be_revoked() -> None:
-    clock = Clock()
+    clock = FakeClock(1_000.0)
     sim = ComputeSimulator(console_base_url="http://127.0.0.1:6080", keystone_users={"u": "p"},
                            keystone_token_ttl_s=60, clock=clock, service_tokens=["static"])
     assert sim.issue_keystone_token("u", "wrong", PROJECT) is None

@@ -14,18 +14,10 @@ from gateway.config import CacheSettings
 from gateway.models import Expiring
 from gateway.store.keyspace import KeySpace
 from gateway.store.redis_store import Store
+from tests.support import FakeClock
 
 NOW = 1_700_000_000.25
 
-
-class FakeClock:
-    """An epoch clock the test moves by hand."""
-
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Upstream:
@@ -79,7 +71,7 @@ def redis_client(redis_pair: tuple[aioredis.Redis, aioredis.Redis]) -> aioredis.
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(NOW)
 
 
 @pytest.fixture

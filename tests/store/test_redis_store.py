@@ -18,7 +18,8 @@ from gateway.models import ConsoleRecord, ConsoleTarget, Expiring
 from gateway.store import codec
 from gateway.store.connect import create_redis
 from gateway.store.redis_store import Store
-from tests.store.conftest import FakeClock, Upstream
+from tests.store.conftest import Upstream
+from tests.support import FakeClock
 
 MakeStore = Callable[..., Store]
 Pair = tuple[aioredis.Redis, aioredis.Redis]

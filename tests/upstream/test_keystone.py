@@ -23,23 +23,15 @@ from gateway.upstream.keystone import (
     password_auth_body,
     tokens_url,
 )
-from tests.support import PROJECT, SERVER, free_port
+from tests.support import PROJECT, SERVER, FakeClock, free_port
 
 PASSWORD = "keystone-password-SECRET"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class DictCache:
     """A one-process SharedCache: a dict and a lock, honouring min_remaining_s like the store."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: FakeClock) -> None:
         self.values: dict[str, Expiring] = {}
         self.ttls: list[float] = []
         self._clock = clock
@@ -63,12 +55,12 @@ class DictCache:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-def sim(clock: Clock) -> ComputeSimulator:
+def sim(clock: FakeClock) -> ComputeSimulator:
     sim = ComputeSimulator(console_base_url="http://127.0.0.1:6080",
                            keystone_users={"svc": PASSWORD}, keystone_token_ttl_s=3600,
                            clock=clock)
@@ -91,7 +83,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 def make_provider(
-    base_url: str, session: aiohttp.ClientSession, clock: Clock
+    base_url: str, session: aiohttp.ClientSession, clock: FakeClock
 ) -> Callable[..., KeystoneTokenProvider]:
     def make(cache: DictCache, **overrides: Any) -> KeystoneTokenProvider:
         values = {"auth_url": f"{base_url}/identity", "username": "svc", "password": PASSWORD,
@@ -103,7 +95,7 @@ def make_provider(
 
 
 async def test_token_is_fetched_once_and_shared(
-    make_provider: Callable[..., KeystoneTokenProvider], sim: ComputeSimulator, clock: Clock
+    make_provider: Callable[..., KeystoneTokenProvider], sim: ComputeSimulator, clock: FakeClock
 ) -> None:
     cache = DictCache(clock)
     first, second = make_provider(cache), make_provider(cache)  # two "instances"
@@ -114,7 +106,7 @@ async def test_token_is_fetched_once_and_shared(
 
 
 async def test_token_is_renewed_before_it_expires(
-    make_provider: Callable[..., KeystoneTokenProvider], sim: ComputeSimulator, clock: Clock
+    make_provider: Callable[..., KeystoneTokenProvider], sim: ComputeSimulator, clock: FakeClock
 ) -> None:
     provider = make_provider(DictCache(clock), renew_before_s=300)
     first = await provider.token()
@@ -126,7 +118,7 @@ async def test_token_is_renewed_before_it_expires(
 
 
 async def test_client_renews_once_on_401(
-    make_provider: Callable[..., KeystoneTokenProvider], sim: ComputeSimulator, clock: Clock,
+    make_provider: Callable[..., KeystoneTokenProvider], sim: ComputeSimulator, clock: FakeClock,
     base_url: str, session: aiohttp.ClientSession,
 ) -> None:
     settings = UpstreamSettings.model_validate(
@@ -143,7 +135,7 @@ async def test_client_renews_once_on_401(
 
 
 async def test_wrong_password_is_an_upstream_error(
-    make_provider: Callable[..., KeystoneTokenProvider], clock: Clock,
+    make_provider: Callable[..., KeystoneTokenProvider], clock: FakeClock,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     provider = make_provider(DictCache(clock), password="not-the-password")
@@ -154,7 +146,7 @@ async def test_wrong_password_is_an_upstream_error(
 
 
 async def test_unreachable_keystone(
-    make_provider: Callable[..., KeystoneTokenProvider], clock: Clock
+    make_provider: Callable[..., KeystoneTokenProvider], clock: FakeClock
 ) -> None:
     provider = make_provider(DictCache(clock), auth_url=f"http://127.0.0.1:{free_port()}")
     with pytest.raises(errors.UpstreamError, match="unreachable"):
@@ -162,7 +154,7 @@ async def test_unreachable_keystone(
 
 
 async def test_invalidate_forces_a_new_token(
-    make_provider: Callable[..., KeystoneTokenProvider], sim: ComputeSimulator, clock: Clock
+    make_provider: Callable[..., KeystoneTokenProvider], sim: ComputeSimulator, clock: FakeClock
 ) -> None:
     cache = DictCache(clock)
     provider = make_provider(cache)

@@ -19,21 +19,15 @@ from tests.support import (
     PROJECT,
     SERVER,
     STOPPED_SERVER,
+    FakeClock,
     bearer,
+    free_port,
     mint_jwt,
     redis_keys,
 )
 
 Client = TestClient[web.Request, web.Application]
 BODY = {"project_id": PROJECT, "server_id": SERVER}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -135,7 +129,7 @@ async def test_revoke_then_gone(client: Client) -> None:
 async def test_expired_console_is_gone_then_unknown(
     make_gateway: GatewayFactory, fake_redis: aioredis.Redis
 ) -> None:
-    clock = Clock()
+    clock = FakeClock()
     client = await make_gateway(fake_redis, clock=clock)
     console = await create(client)
     clock.now += 901
@@ -178,7 +172,6 @@ async def test_health_and_readiness(client: Client) -> None:
 async def test_unreachable_redis_is_503_and_unready(
     make_gateway: GatewayFactory, simulator: ComputeSimulator
 ) -> None:
-    from tests.support import free_port
 
     dead = aioredis.Redis(port=free_port(), socket_timeout=0.5, socket_connect_timeout=0.5)
     client = await make_gateway(dead)
