@@ -66,6 +66,9 @@ class ServerSettings(_Section):
     allowed_origins: tuple[str, ...] = ()
     max_body_bytes: int = Field(16 * 1024, ge=256, le=1024 * 1024)
     max_json_depth: int = Field(8, ge=2, le=64)
+    # The noVNC client (npm @novnc/novnc) served with the console page; empty = the copy
+    # that scripts/bootstrap installs under the project's node_modules.
+    novnc_dir: Path | None = None
 
     @field_validator("allowed_origins")
     @classmethod
@@ -186,6 +189,23 @@ class SessionSettings(_Section):
         return self
 
 
+class RelaySettings(_Section):
+    # Load balancers cut idle connections at 60 s by default and neither noVNC, websockify
+    # nor nova sends pings, so the gateway pings both legs well inside that.
+    heartbeat_s: float = Field(20, gt=0, le=300)
+    idle_timeout_s: float = Field(900, gt=0, le=86400)  # no data either way for this long
+    max_duration_s: float = Field(28800, gt=0, le=7 * 86400)  # one WebSocket's longest life
+    connect_timeout_s: float = Field(10, gt=0, le=120)  # upstream handshake + first RFB byte
+    max_frame_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # Fetch a fresh upstream URL for every WebSocket, for clouds whose tokens are one-time
+    # (Huawei) or cut at expiry (nova's enforce_session_timeout).
+    fresh_url_per_connect: bool = False
+    # The upstream WebSocket path when the console URL does not name one (noVNC's default).
+    upstream_path: str = Field("websockify", pattern=r"^[A-Za-z0-9._~/-]{0,128}$")
+    # Non-browser clients send no Origin; allow them only when the operator says so.
+    allow_missing_origin: bool = False
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -198,4 +218,5 @@ class Settings(_Section):
     redis: RedisSettings = RedisSettings()
     cache: CacheSettings = CacheSettings()
     sessions: SessionSettings = SessionSettings()
+    relay: RelaySettings = RelaySettings()
     logging: LoggingSettings = LoggingSettings()
