@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -14,7 +15,20 @@ from gateway.auth.verifier import create_verifier
 from gateway.config import Settings
 from gateway.consoles import ConsoleService
 from gateway.health import Health
-from gateway.keys import COMPUTE, CONSOLES, HEALTH, HTTP_SESSION, REDIS, SETTINGS, STORE, VERIFIER
+from gateway.keys import (
+    COMPUTE,
+    CONNECTOR,
+    CONSOLES,
+    HEALTH,
+    HTTP_SESSION,
+    LIVE_SOCKETS,
+    ORIGINS,
+    REDIS,
+    SETTINGS,
+    STORE,
+    VERIFIER,
+)
+from gateway.sessions import ConsoleConnector
 from gateway.store.connect import create_redis
 from gateway.store.keyspace import KeySpace
 from gateway.store.redis_store import Store
@@ -22,9 +36,10 @@ from gateway.upstream.client import ComputeClient
 from gateway.upstream.credentials import CredentialProvider, StaticToken
 from gateway.upstream.http import create_http_session
 from gateway.upstream.keystone import KeystoneTokenProvider
-from gateway.web import api, health, nova
+from gateway.web import api, console_page, health, nova, ws
 from gateway.web.errors import error_middleware
 from gateway.web.middlewares import auth_middleware, request_id_middleware
+from gateway.web.origin import allowed_origins
 
 log = logging.getLogger("gateway.app")
 
@@ -41,10 +56,12 @@ def create_app(
         client_max_size=settings.server.max_body_bytes + 1,
     )
     app[SETTINGS] = settings
+    app[ORIGINS] = allowed_origins(settings.server)
+    app[LIVE_SOCKETS] = weakref.WeakSet()
     app.cleanup_ctx.append(_http_session_ctx)
     app.cleanup_ctx.append(_redis_ctx(redis))
     app.cleanup_ctx.append(_services_ctx(clock))
-    for module in (api, nova, health):
+    for module in (api, nova, health, ws, console_page):
         module.add_routes(app)
     return app
 
@@ -90,6 +107,7 @@ def _services_ctx(clock: Clock) -> Callable[[web.Application], AsyncIterator[Non
             app[COMPUTE] = compute
             app[VERIFIER] = create_verifier(settings.auth, auth_session)
             app[CONSOLES] = ConsoleService(settings, store, compute, clock=clock)
+            app[CONNECTOR] = ConsoleConnector(settings, app[CONSOLES], app[HTTP_SESSION])
             app[HEALTH] = Health(store)
             yield
 

@@ -74,6 +74,8 @@ class ConsoleService:
 
     async def create(self, principal: Principal, target: ConsoleTarget) -> IssuedConsole:
         require_project(principal, target.project_id)
+        # Fetching (or finding) the upstream URL first means a server that cannot open a
+        # console (404/409) never gets a gateway link.
         await self.console_url(target)
         now = self._clock()
         console_id = new_console_id()
@@ -108,10 +110,39 @@ class ConsoleService:
             min_remaining_s=cache.min_remaining_s,
         )
 
+    async def refreshed_console_url(self, target: ConsoleTarget) -> Expiring:
+        """Drop a cached URL the upstream refused and fetch (once per burst) a new one."""
+        await self._store.invalidate(self._store.keyspace.console_url(target))
+        return await self.console_url(target)
+
+    async def uncached_console_url(self, target: ConsoleTarget) -> Expiring:
+        """A URL for this connection only, for clouds whose tokens serve one connection."""
+        started = self._clock()
+        console_url = await self._compute.create_remote_console(target)
+        return Expiring(console_url.url, started + UPSTREAM_URL_VALIDITY_S)
+
     async def get(self, principal: Principal, console_id: str) -> ConsoleRecord:
         record = await self._load_owned(principal, console_id)
-        self._raise_if_gone(record)
+        self.ensure_live(record)
         return record
+
+    async def extend(self, record: ConsoleRecord) -> ConsoleRecord:
+        """Slide a used console's expiry (sessions.ttl_s from now, capped by max_lifetime_s).
+
+        A link must keep working across reconnects while it is in use; None from the store
+        means it was revoked meanwhile, which the caller treats as gone.
+        """
+        sessions, now = self._settings.sessions, self._clock()
+        expires_at = min(now + sessions.ttl_s, record.created_at + sessions.max_lifetime_s)
+        if expires_at <= record.expires_at:
+            return record
+        keep_s = expires_at - now + sessions.tombstone_s
+        extended = await self._store.extend_console(
+            record.id_hash, expires_at=expires_at, keep_s=keep_s
+        )
+        if extended is None:
+            raise errors.Gone("This console was revoked.")
+        return extended
 
     async def revoke(self, principal: Principal, console_id: str) -> None:
         record = await self._load_owned(principal, console_id)
@@ -133,7 +164,8 @@ class ConsoleService:
             raise errors.NotFound("No such console.")
         return record
 
-    def _raise_if_gone(self, record: ConsoleRecord) -> None:
+    def ensure_live(self, record: ConsoleRecord) -> None:
+        """Gone (410) for a revoked or expired console."""
         if record.revoked_at is not None:
             raise errors.Gone("This console was revoked.")
         if record.expires_at <= self._clock():

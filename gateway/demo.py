@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TextIO
 
+import aiohttp
 import jwt
 from aiohttp import web
 
@@ -20,6 +21,7 @@ from gateway.app import create_app
 from gateway.config import LoggingSettings, Settings
 from gateway.observability import AccessLogger, setup_logging
 from gateway.simulator.compute import create_compute_app
+from gateway.simulator.console_proxy import create_console_proxy_app
 from gateway.simulator.state import ComputeSimulator
 
 DEMO_PROJECT = "demo-project"
@@ -35,6 +37,7 @@ class DemoHandle:
     compute_url: str
     dev_jwt: str
     simulator: ComputeSimulator
+    console_url: str  # a console created at start-up, to open in a browser
 
 
 def _free_port(host: str) -> int:
@@ -67,6 +70,7 @@ def demo_settings(
                 "console_hosts": ["127.0.0.1"],
             },
             "redis": {"url": ""},
+            "sessions": {"ttl_s": 3600},
             "logging": {"format": "text"},
         }
     )
@@ -90,26 +94,39 @@ def mint_dev_jwt(hs_secret: str, *, lifetime_s: int = 8 * 3600) -> str:
 async def started_demo(host: str = "127.0.0.1", port: int = 8080) -> AsyncIterator[DemoHandle]:
     """Start the simulator and the gateway; stop both on exit."""
     hs_secret, service_token = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
-    # The simulated console proxy arrives with the WebSocket relay; its port is reserved here.
+    proxy_port = _free_port("127.0.0.1")
     simulator = ComputeSimulator(
-        console_base_url=f"http://127.0.0.1:{_free_port('127.0.0.1')}",
-        service_tokens=[service_token],
+        console_base_url=f"http://127.0.0.1:{proxy_port}", service_tokens=[service_token]
     )
     simulator.add_server(DEMO_PROJECT, DEMO_SERVER)
     simulator.add_server(DEMO_PROJECT, STOPPED_SERVER, status="SHUTOFF")
     runners: list[web.AppRunner] = []
     try:
+        runners.append(await _start(create_console_proxy_app(simulator), "127.0.0.1", proxy_port))
         compute_port = _free_port("127.0.0.1")
         runners.append(await _start(create_compute_app(simulator), "127.0.0.1", compute_port))
         compute_url = f"http://127.0.0.1:{compute_port}"
         settings = demo_settings(host, port, compute_url, hs_secret, service_token)
         runners.append(await _start(create_app(settings), host, port))
-        yield DemoHandle(
-            settings.server.public_base_url, compute_url, mint_dev_jwt(hs_secret), simulator
-        )
+        gateway_url, dev_jwt = settings.server.public_base_url, mint_dev_jwt(hs_secret)
+        console_url = await create_console(gateway_url, dev_jwt)
+        yield DemoHandle(gateway_url, compute_url, dev_jwt, simulator, console_url)
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
+
+
+async def create_console(gateway_url: str, dev_jwt: str) -> str:
+    """Ask the running gateway for a console, exactly as a portal would."""
+    body = {"project_id": DEMO_PROJECT, "server_id": DEMO_SERVER}
+    headers = {"Authorization": f"Bearer {dev_jwt}"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{gateway_url}/v1/consoles", json=body, headers=headers) as response,
+    ):
+        response.raise_for_status()
+        answer = await response.json()
+    return str(answer["console"]["url"])
 
 
 async def _start(app: web.Application, host: str, port: int) -> web.AppRunner:
@@ -124,6 +141,9 @@ def instructions(handle: DemoHandle) -> str:
     body = f'{{"project_id": "{DEMO_PROJECT}", "server_id": "{DEMO_SERVER}"}}'
     return f"""
 Console gateway demo: {url}  (simulated compute API at {handle.compute_url}, embedded store)
+
+Open this console in a browser (a simulated VM: type and click to see it react):
+  {handle.console_url}
 
 Dev JWT for subject demo-user, project {DEMO_PROJECT} (valid 8 hours):
   export JWT={handle.dev_jwt}

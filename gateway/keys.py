@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     from gateway.auth.verifier import TokenVerifier
     from gateway.consoles import ConsoleService
     from gateway.health import Health
+    from gateway.sessions import ConsoleConnector
     from gateway.store.redis_store import Store
     from gateway.upstream.client import ComputeClient
 
@@ -26,6 +28,9 @@ VERIFIER: web.AppKey[TokenVerifier] = web.AppKey("verifier")
 COMPUTE: web.AppKey[ComputeClient] = web.AppKey("compute")
 CONSOLES: web.AppKey[ConsoleService] = web.AppKey("consoles")
 HEALTH: web.AppKey[Health] = web.AppKey("health")
+CONNECTOR: web.AppKey[ConsoleConnector] = web.AppKey("connector")
+ORIGINS = web.AppKey("origins", frozenset[str])
+LIVE_SOCKETS = web.AppKey("live_sockets", weakref.WeakSet[web.WebSocketResponse])
 
 REQUEST_ID = web.RequestKey("request_id", str)
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")

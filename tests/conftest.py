@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+import logging
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +21,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
-from gateway.config import Settings
+from gateway.config import LoggingSettings, Settings
 from gateway.config_loader import load_settings
-from gateway.observability import AccessLogger
+from gateway.observability import AccessLogger, setup_logging
 from gateway.simulator.compute import create_compute_app
+from gateway.simulator.console_proxy import create_console_proxy_app
+from gateway.simulator.framebuffer import Framebuffer
+from gateway.simulator.rfb import serve_rfb_tcp
 from gateway.simulator.state import ComputeSimulator
+from tests.rfb_support import WebsockifyUpstream, stop_process_group, wait_listening
 from tests.support import (
     BASE_CONFIG,
     PROJECT,
@@ -145,3 +154,99 @@ def make_gateway(
         return client
 
     return make
+
+
+@dataclass
+class RunningGateway:
+    """A gateway served as in production (AppRunner + TCPSite: no handler cancellation)."""
+
+    url: str
+    app: web.Application
+
+    def ws_url(self, console_id: str) -> str:
+        return self.url.replace("http://", "ws://") + f"/ws/{console_id}"
+
+
+GatewayServer = Callable[..., Awaitable[RunningGateway]]
+
+
+@pytest.fixture
+async def serve_gateway(
+    make_settings: Callable[..., Settings], compute_url: str
+) -> AsyncIterator[GatewayServer]:
+    runners: list[web.AppRunner] = []
+
+    async def start(
+        redis: aioredis.Redis,
+        overrides: dict[str, Any] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> RunningGateway:
+        settings = make_settings(
+            deep_merge({"upstream": {"compute_url": compute_url}}, overrides or {})
+        )
+        runner = web.AppRunner(
+            create_app(settings, redis=redis, clock=clock), access_log_class=AccessLogger
+        )
+        await runner.setup()
+        runners.append(runner)
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        return RunningGateway(f"http://127.0.0.1:{port}", runner.app)
+
+    yield start
+    for runner in reversed(runners):
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def console_proxy(
+    aiohttp_server: Callable[[web.Application], Awaitable[TestServer]], simulator: ComputeSimulator
+) -> ComputeSimulator:
+    """The simulated nova-novncproxy; the simulator's console URLs now point at it."""
+    server = await aiohttp_server(create_console_proxy_app(simulator))
+    simulator.console_base_url = str(server.make_url("")).rstrip("/")
+    return simulator
+
+
+@pytest.fixture
+async def websockify_upstream(tmp_path: Path) -> AsyncIterator[WebsockifyUpstream]:
+    """websockify --token-plugin TokenFile on a free port; token `sim` opens the screen."""
+    live: set[asyncio.StreamWriter] = set()
+    screen = Framebuffer(title="SIM BEHIND WEBSOCKIFY")
+    server = await serve_rfb_tcp("127.0.0.1", 0, framebuffer=screen, live=live)
+    vnc_port = int(server.sockets[0].getsockname()[1])
+    token_dir = tmp_path / "websockify-tokens"
+    token_dir.mkdir()
+    upstream = WebsockifyUpstream(free_port(), vnc_port, token_dir, screen, live)
+    upstream.add_token(upstream.default_token)
+    log = tmp_path / "websockify.log"
+    with log.open("wb") as sink:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "websockify", "--token-plugin", "TokenFile",
+            "--token-source", str(token_dir), f"127.0.0.1:{upstream.port}",
+            stdin=asyncio.subprocess.DEVNULL, stdout=sink, stderr=sink, start_new_session=True,
+        )  # fmt: skip
+    try:
+        await wait_listening(upstream.port, proc, log)
+        yield upstream
+    finally:
+        await stop_process_group(proc)
+        server.close()
+        for writer in list(live):
+            writer.close()
+        await server.wait_closed()
+        for _ in range(100):  # handlers end once their sockets are closed
+            if not live:
+                break
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    handler = setup_logging(LoggingSettings(level="DEBUG", format="json"), stream)
+    try:
+        yield stream
+    finally:
+        logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(logging.WARNING)

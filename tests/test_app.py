@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
-import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -15,8 +14,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
-from gateway.config import LoggingSettings, Settings
-from gateway.observability import setup_logging, short_hash
+from gateway.config import Settings
+from gateway.observability import short_hash
 from gateway.simulator.state import ComputeSimulator
 from tests.conftest import GatewayFactory
 from tests.support import (
@@ -107,17 +106,6 @@ async def test_console_created_on_one_instance_is_managed_on_the_other(
         await second.delete(f"/v1/consoles/{console_id}", headers=bearer(mint_jwt()))
     ).status == 204
     assert (await first.get(f"/v1/consoles/{console_id}", headers=bearer(mint_jwt()))).status == 410
-
-
-@pytest.fixture
-def captured_logs() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    handler = setup_logging(LoggingSettings(level="DEBUG", format="json"), stream)
-    try:
-        yield stream
-    finally:
-        logging.getLogger().removeHandler(handler)
-        logging.getLogger().setLevel(logging.WARNING)
 
 
 async def test_no_token_jwt_or_console_id_leaks_into_logs_or_responses(

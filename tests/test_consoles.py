@@ -4,12 +4,29 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import AsyncIterator, Callable
 
+import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
 from gateway import errors
-from gateway.consoles import hash_console_id, is_console_id, new_console_id, validate_target
+from gateway.auth.policy import Principal
+from gateway.config import Settings
+from gateway.consoles import (
+    ConsoleService,
+    hash_console_id,
+    is_console_id,
+    new_console_id,
+    validate_target,
+)
 from gateway.models import ConsoleTarget
+from gateway.simulator.state import ComputeSimulator
+from gateway.store.keyspace import KeySpace
+from gateway.store.redis_store import Store
+from gateway.upstream.client import ComputeClient
+from gateway.upstream.credentials import StaticToken
+from tests.support import PROJECT, SERVER, UPSTREAM_TOKEN, FakeClock
 
 
 def test_console_ids_are_256_random_bits_in_43_chars() -> None:
@@ -56,3 +73,62 @@ def test_invalid_targets_name_the_field(
 ) -> None:
     with pytest.raises(errors.BadRequest, match=f"^{field} "):
         validate_target(project, server, type_, protocol)
+
+
+@pytest.fixture
+async def service_parts(
+    make_settings: Callable[..., Settings], compute_url: str, fake_redis: aioredis.Redis
+) -> AsyncIterator[tuple[ConsoleService, FakeClock]]:
+    settings = make_settings({"upstream": {"compute_url": compute_url}})
+    clock = FakeClock()
+    store = Store(fake_redis, KeySpace("t:"), settings.cache, clock=clock)
+    async with aiohttp.ClientSession() as session:
+        compute = ComputeClient(settings.upstream, session, StaticToken(UPSTREAM_TOKEN))
+        yield ConsoleService(settings, store, compute, clock=clock), clock
+
+
+ALICE = Principal("alice", frozenset({PROJECT}), False, frozenset(), False)
+
+
+async def test_extend_slides_expiry_up_to_max_lifetime(
+    service_parts: tuple[ConsoleService, FakeClock],
+) -> None:
+    service, clock = service_parts
+    issued = await service.create(ALICE, ConsoleTarget(PROJECT, SERVER))
+    record = issued.record
+    assert record.expires_at == clock.now + 900
+    clock.now += 600
+    extended = await service.extend(record)
+    assert extended.expires_at == clock.now + 900
+    clock.now = record.created_at + 28800 - 100  # near the hard cap
+    capped = await service.extend(extended)
+    assert capped.expires_at == record.created_at + 28800
+    assert (await service.lookup(issued.console_id)).expires_at == capped.expires_at
+
+
+async def test_extend_of_a_revoked_console_is_gone(
+    service_parts: tuple[ConsoleService, FakeClock],
+) -> None:
+    service, clock = service_parts
+    issued = await service.create(ALICE, ConsoleTarget(PROJECT, SERVER))
+    await service.revoke(ALICE, issued.console_id)
+    clock.now += 300
+    with pytest.raises(errors.Gone):
+        await service.extend(issued.record)
+
+
+async def test_refreshed_and_uncached_urls_call_the_upstream(
+    service_parts: tuple[ConsoleService, FakeClock], simulator: ComputeSimulator
+) -> None:
+    service, _ = service_parts
+    target = ConsoleTarget(PROJECT, SERVER)
+    cached = await service.console_url(target)
+    assert (await service.console_url(target)) == cached
+    assert simulator.console_calls == 1
+    refreshed = await service.refreshed_console_url(target)
+    assert refreshed.value != cached.value and simulator.console_calls == 2
+    assert (await service.console_url(target)) == refreshed  # the new one is cached
+    uncached = await service.uncached_console_url(target)
+    assert uncached.value not in (cached.value, refreshed.value)
+    assert (await service.console_url(target)) == refreshed  # ...the one-time one is not
+    assert simulator.console_calls == 3

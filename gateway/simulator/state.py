@@ -53,6 +53,20 @@ class Faults:
         return True
 
 
+@dataclass
+class ConsoleProxyState:
+    """The simulated console proxy's counters and fault knobs (see simulator/console_proxy.py)."""
+
+    upgrades: int = 0  # WebSocket upgrades answered 101, refused ones included
+    refused: int = 0  # closed after the upgrade for a bad token or Origin
+    total: int = 0  # RFB sessions started
+    live: int = 0  # RFB sessions running now
+    refuse_all_tokens: bool = False  # as if every token had expired
+    close_after_bytes: int | None = None  # cut each connection after sending this many bytes
+    origins: list[str | None] = field(default_factory=list)  # Origin header of each upgrade
+    subprotocols: list[str | None] = field(default_factory=list)  # the one chosen, per upgrade
+
+
 class ComputeSimulator:
     """What a Nova deployment knows: servers, service tokens, Keystone users, console tokens."""
 
@@ -76,6 +90,10 @@ class ComputeSimulator:
         self.clock = clock
         self.servers: dict[str, SimServer] = {}
         self.faults = Faults()
+        self.console_proxy = ConsoleProxyState()
+        # Told of every console token issued, so an external console proxy (websockify's
+        # TokenFile in tests) can be taught it.
+        self.token_listeners: list[Callable[[IssuedConsoleToken], None]] = []
         self.console_calls = 0
         self.keystone_calls = 0
         self.console_tokens: dict[str, IssuedConsoleToken] = {}
@@ -106,7 +124,10 @@ class ComputeSimulator:
     def issue_console_url(self, server: SimServer) -> str:
         token = str(uuid.uuid4())
         expires_at = self.clock() + self.console_token_ttl_s
-        self.console_tokens[token] = IssuedConsoleToken(token, server, expires_at)
+        issued = IssuedConsoleToken(token, server, expires_at)
+        self.console_tokens[token] = issued
+        for listener in self.token_listeners:
+            listener(issued)
         return f"{self._console_base()}/vnc_auto.html?token={token}"
 
     def check_console_token(self, token: str) -> SimServer | None:

@@ -19,31 +19,8 @@ from gateway.errors import GatewayError, StoreUnavailable, UpstreamTimeout
 from gateway.models import ConsoleRecord, Expiring
 from gateway.store import codec
 from gateway.store.keyspace import KeySpace
+from gateway.store.scripts import EXTEND, REVOKE, SETTLE
 from gateway.tasks import spawn
-
-# KEYS: value, error marker, lock. ARGV: token, value, value ms, error, error ms.
-# One round trip settles a flight; the lock is deleted only if it is still ours.
-_SETTLE = """
-if ARGV[2] ~= '' then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  redis.call('DEL', KEYS[2])
-elseif ARGV[4] ~= '' then
-  redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
-end
-if redis.call('GET', KEYS[3]) == ARGV[1] then
-  redis.call('DEL', KEYS[3])
-end
-return 0
-"""
-
-# A bare HSETNX would recreate an expired record without a TTL; the first revoked_at wins.
-_REVOKE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return false
-end
-redis.call('HSETNX', KEYS[1], 'revoked_at', ARGV[1])
-return redis.call('HGETALL', KEYS[1])
-"""
 
 _POLL_FIRST_S, _POLL_MAX_S = 0.02, 0.1
 _WAIT_TIMEOUT = "timed out waiting for another request to fetch the console"
@@ -80,8 +57,9 @@ class Store:
         self._cache = cache
         self._clock = clock
         self._flights: dict[str, asyncio.Task[Expiring]] = {}
-        self._settle_script = redis.register_script(_SETTLE)
-        self._revoke_script = redis.register_script(_REVOKE)
+        self._settle_script = redis.register_script(SETTLE)
+        self._revoke_script = redis.register_script(REVOKE)
+        self._extend_script = redis.register_script(EXTEND)
 
     async def ping(self) -> None:
         with _translated():
@@ -240,7 +218,21 @@ class Store:
         key = self.keyspace.console(id_hash)
         with _translated():
             flat: list[Any] | None = await self._revoke_script(keys=[key], args=[repr(float(at))])
-        if not flat:
-            return None
-        pairs = zip(flat[::2], flat[1::2], strict=True)
-        return codec.decode_record({codec.text(k): codec.text(v) for k, v in pairs})
+        return _record_from_flat(flat)
+
+    async def extend_console(
+        self, id_hash: str, *, expires_at: float, keep_s: float
+    ) -> ConsoleRecord | None:
+        """Push a live record's expiry later (never earlier); None if unknown or revoked."""
+        key = self.keyspace.console(id_hash)
+        args: list[str | int] = [repr(float(expires_at)), max(1, int(keep_s * 1000))]
+        with _translated():
+            flat: list[Any] | None = await self._extend_script(keys=[key], args=args)
+        return _record_from_flat(flat)
+
+
+def _record_from_flat(flat: list[Any] | None) -> ConsoleRecord | None:
+    if not flat:
+        return None
+    pairs = zip(flat[::2], flat[1::2], strict=True)
+    return codec.decode_record({codec.text(k): codec.text(v) for k, v in pairs})

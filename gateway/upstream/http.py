@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import ssl
+from types import SimpleNamespace
 
 import aiohttp
 
@@ -25,6 +26,26 @@ def ssl_context(settings: UpstreamSettings) -> ssl.SSLContext | bool:
         raise ConfigError(f"invalid configuration: upstream.ca_file: {reason}") from None
 
 
+class RedirectRefused(aiohttp.ClientError):
+    """The upstream answered with a redirect; it is never followed."""
+
+
+async def _refuse_redirect(
+    session: aiohttp.ClientSession,
+    context: SimpleNamespace,
+    params: aiohttp.TraceRequestRedirectParams,
+) -> None:
+    raise RedirectRefused()
+
+
+def _no_redirects() -> aiohttp.TraceConfig:
+    # ws_connect follows 30x with no per-call switch; a redirect could lead the upstream
+    # WebSocket (and its token) to a host outside upstream.console_hosts.
+    trace = aiohttp.TraceConfig()
+    trace.on_request_redirect.append(_refuse_redirect)
+    return trace
+
+
 def create_http_session(settings: UpstreamSettings) -> aiohttp.ClientSession:
     """Call from a running event loop; the caller closes it (async with)."""
     connector = aiohttp.TCPConnector(
@@ -43,6 +64,7 @@ def create_http_session(settings: UpstreamSettings) -> aiohttp.ClientSession:
         headers={"User-Agent": USER_AGENT},
         # Proxies from the environment would route the service token through a third party.
         trust_env=False,
+        trace_configs=[_no_redirects()],
     )
 
 

@@ -32,6 +32,7 @@ NOVA_FAULT_NAMES = {
 # aiohttp raises these itself (unknown route, wrong method, body over client_max_size).
 _AIOHTTP_STATUS_TO_ERROR: dict[int, type[errors.GatewayError]] = {
     400: errors.BadRequest,
+    403: errors.Forbidden,
     404: errors.NotFound,
     405: errors.MethodNotAllowed,
     413: errors.PayloadTooLarge,

@@ -282,6 +282,26 @@ async def test_revoke_is_idempotent_and_keeps_the_ttl(redis_client: aioredis.Red
     assert 890_000 < await redis_client.pttl(store.keyspace.console(RECORD.id_hash)) <= 900_000
 
 
+async def test_extend_moves_expiry_later_only_for_live_records(
+    redis_client: aioredis.Redis, make_store: MakeStore
+) -> None:
+    store = make_store(redis_client)
+    key = store.keyspace.console(RECORD.id_hash)
+    await store.put_console(RECORD, keep_s=60)
+    later = RECORD.expires_at + 500
+    extended = await store.extend_console(RECORD.id_hash, expires_at=later, keep_s=900)
+    assert extended == replace(RECORD, expires_at=later)
+    assert 890_000 < await redis_client.pttl(key) <= 900_000
+    earlier = await store.extend_console(RECORD.id_hash, expires_at=RECORD.expires_at, keep_s=10)
+    assert earlier == extended  # never earlier, TTL untouched
+    assert await redis_client.pttl(key) > 10_000
+    await store.revoke_console(RECORD.id_hash, at=1.0)
+    assert await store.extend_console(RECORD.id_hash, expires_at=later + 1, keep_s=900) is None
+    assert (await store.get_console(RECORD.id_hash)) == replace(extended, revoked_at=1.0)
+    assert await store.extend_console("c" * 64, expires_at=later, keep_s=900) is None
+    assert not await redis_client.exists(store.keyspace.console("c" * 64))
+
+
 async def test_put_replaces_a_record_and_non_positive_keep_stores_nothing(
     redis_client: aioredis.Redis, make_store: MakeStore
 ) -> None:

@@ -19,12 +19,16 @@ from cryptography.x509.oid import NameOID
 
 from gateway import errors
 from gateway.config import ConfigError, UpstreamSettings
-from gateway.upstream.http import create_http_session, read_json, ssl_context
+from gateway.upstream.http import RedirectRefused, create_http_session, read_json, ssl_context
 
 
 def settings(**overrides: Any) -> UpstreamSettings:
-    values = {"compute_url": "http://127.0.0.1:1", "token": "t", "console_hosts": ["127.0.0.1"],
-              **overrides}
+    values = {
+        "compute_url": "http://127.0.0.1:1",
+        "token": "t",
+        "console_hosts": ["127.0.0.1"],
+        **overrides,
+    }
     return UpstreamSettings.model_validate(values)
 
 
@@ -33,9 +37,13 @@ def write_ca(path: Path) -> Path:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test ca")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(1)
-        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
@@ -76,14 +84,16 @@ def test_unreadable_ca_file_is_a_config_error(tmp_path: Path, content: bytes | N
 )
 async def test_read_json(
     aiohttp_server: Callable[[web.Application], Awaitable[TestServer]],
-    body: bytes, limit: int, outcome: object,
+    body: bytes,
+    limit: int,
+    outcome: object,
 ) -> None:
     async def chunked(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse()
         resp.enable_chunked_encoding()  # no Content-Length to trust: the bound must hold anyway
         await resp.prepare(request)
         for start in range(0, len(body), 500):
-            await resp.write(body[start:start + 500])
+            await resp.write(body[start : start + 500])
         await resp.write_eof()
         return resp
 
@@ -96,3 +106,31 @@ async def test_read_json(
                 await read_json(resp, limit, what="compute API")
         else:
             assert await read_json(resp, limit, what="compute API") == outcome
+
+
+async def test_redirects_are_never_followed_not_even_by_ws_connect(
+    aiohttp_server: Callable[[web.Application], Awaitable[TestServer]],
+) -> None:
+    reached: list[str] = []
+
+    async def elsewhere(request: web.Request) -> web.StreamResponse:
+        reached.append(request.path)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        return ws
+
+    async def redirect(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(str(target.make_url("/internal")))
+
+    inner = web.Application()
+    inner.router.add_get("/internal", elsewhere)
+    target = await aiohttp_server(inner)
+    outer = web.Application()
+    outer.router.add_get("/websockify", redirect)
+    front = await aiohttp_server(outer)
+    async with create_http_session(settings()) as session:
+        with pytest.raises(RedirectRefused):
+            await session.ws_connect(front.make_url("/websockify?token=t"))
+        with pytest.raises(RedirectRefused):
+            await session.get(front.make_url("/websockify"))
+    assert reached == []
