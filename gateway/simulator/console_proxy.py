@@ -8,7 +8,8 @@ from urllib.parse import urlsplit
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from gateway.simulator.framebuffer import Framebuffer
-from gateway.simulator.rfb import RfbError, RfbServerSession, run_session
+from gateway.simulator.pixels import RfbError
+from gateway.simulator.rfb import RfbServerSession, run_session
 from gateway.simulator.state import ComputeSimulator, ConsoleProxyState, SimServer
 
 log = logging.getLogger(__name__)

@@ -34,6 +34,7 @@ const findings = {
   states: [],
   connected: false,
   distinct_colours: 0,
+  palette: [], // colours on the canvas once connected, as rrggbb hex (at most 256)
   changed_after_input: false,
   csp_violations: [],
   page_errors: [],
@@ -53,7 +54,7 @@ function instrument() {
   window.__cgw.summary = () => {
     const canvas = document.querySelector("#screen canvas");
     if (!canvas || canvas.width === 0 || canvas.height === 0) {
-      return { colours: 0, print: 0 };
+      return { colours: 0, print: 0, palette: [] };
     }
     const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
     const colours = new Set();
@@ -65,7 +66,8 @@ function instrument() {
       }
       print = Math.imul(print ^ rgb, 16777619) >>> 0;
     }
-    return { colours: colours.size, print };
+    const palette = [...colours].slice(0, 256).map((c) => c.toString(16).padStart(6, "0"));
+    return { colours: colours.size, print, palette };
   };
   document.addEventListener("securitypolicyviolation", (event) => {
     window.__cgw.csp.push(`${event.violatedDirective} ${event.blockedURI}`);
@@ -138,6 +140,7 @@ async function run(page) {
     );
     before = await handle.jsonValue();
     findings.distinct_colours = before.colours;
+    findings.palette = before.palette;
   });
   await step("input", async () => {
     const box = await page.locator("#screen canvas").boundingBox();

@@ -9,16 +9,8 @@ import aiohttp
 import pytest
 
 from gateway.simulator.framebuffer import BARS, TITLE_BOTTOM, WHITE, Framebuffer, Rect, pixel
-from gateway.simulator.rfb import (
-    DEFAULT_FORMAT,
-    MAX_CUT_TEXT,
-    MAX_RECTS,
-    PixelFormat,
-    RfbError,
-    RfbServerSession,
-    convert,
-    serve_rfb_tcp,
-)
+from gateway.simulator.pixels import DEFAULT_FORMAT, PixelFormat, RfbError, convert
+from gateway.simulator.rfb import MAX_CUT_TEXT, MAX_RECTS, RfbServerSession, serve_rfb_tcp
 from tests.rfb_support import (
     RfbClient,
     WebsockifyUpstream,

@@ -284,7 +284,14 @@ async def test_no_token_or_console_id_in_logs(
     captured_logs: io.StringIO,
     fake_redis: aioredis.Redis,
 ) -> None:
+    issued: list[str] = []
+    console_proxy.token_listeners.append(lambda token: issued.append(token.token))
     console_id = await new_console(http, gateway)
+    bodies = []
+    for path in (f"/console/{console_id}", "/static/console.js", f"/v1/consoles/{console_id}"):
+        async with http.get(f"{gateway.url}{path}", headers=bearer(mint_jwt())) as response:
+            assert response.status == 200
+            bodies.append(f"{dict(response.headers)} {await response.text()}")
     console_proxy.console_tokens.clear()  # force a refusal and a retry, logged
     ws = await open_console(http, gateway.ws_url(console_id))
     await ws_rfb_client(ws).handshake()
@@ -296,6 +303,8 @@ async def test_no_token_or_console_id_in_logs(
     logs = captured_logs.getvalue()
     assert "console_connected" in logs and "console_disconnected" in logs
     assert console_id not in logs and UPSTREAM_TOKEN not in logs
-    issued = list(console_proxy.console_tokens)
-    assert issued and not any(token in logs for token in issued)
+    assert len(set(issued)) == 2  # the refused one and the fresh one
+    for token in issued:
+        assert token not in logs
+        assert not any(token in body for body in bodies)
     assert await redis_keys(fake_redis, f"*{console_id}*") == []
