@@ -69,5 +69,6 @@ async def test_console_opens_and_takes_input_in_chromium() -> None:
     # The simulator's colour bars, pixel for pixel, not merely "a canvas exists".
     bars = {f"{r:02x}{g:02x}{b:02x}" for r, g, b in BARS}
     assert bars <= set(findings["palette"]), findings
-    assert findings["changed_after_input"], findings
+    assert findings["changed_after_click"], findings
+    assert findings["changed_after_key"], findings
     assert code == 0 and findings["ok"], (findings, stderr[-2000:])
