@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import fakeredis
 import pytest
 import redis.asyncio as aioredis
@@ -36,8 +37,10 @@ from tests.support import (
     SERVER,
     STOPPED_SERVER,
     UPSTREAM_TOKEN,
+    bearer,
     deep_merge,
     free_port,
+    mint_jwt,
     wait_for_port,
 )
 
@@ -165,6 +168,23 @@ class RunningGateway:
 
     def ws_url(self, console_id: str) -> str:
         return self.url.replace("http://", "ws://") + f"/ws/{console_id}"
+
+    async def new_console(self, http: aiohttp.ClientSession) -> str:
+        """A console on SERVER for the default test user; its id."""
+        body = {"project_id": PROJECT, "server_id": SERVER}
+        async with http.post(
+            f"{self.url}/v1/consoles", json=body, headers=bearer(mint_jwt())
+        ) as response:
+            assert response.status == 201
+            answer: dict[str, dict[str, str]] = await response.json()
+        return answer["console"]["id"]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain HTTP/WebSocket client for served gateways."""
+    async with aiohttp.ClientSession() as session:
+        yield session
 
 
 GatewayServer = Callable[..., Awaitable[RunningGateway]]

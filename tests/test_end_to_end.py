@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
@@ -11,7 +9,6 @@ import redis.asyncio as aioredis
 from gateway.simulator.state import ComputeSimulator, IssuedConsoleToken
 from tests.conftest import GatewayServer, RunningGateway
 from tests.rfb_support import WebsockifyUpstream, ws_rfb_client
-from tests.support import PROJECT, SERVER, bearer, mint_jwt
 
 PORTAL = {"Origin": "https://portal.example.com"}
 
@@ -39,28 +36,12 @@ async def gateway(
     return await serve_gateway(real_redis)
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def new_console(http: aiohttp.ClientSession, gateway: RunningGateway) -> str:
-    body = {"project_id": PROJECT, "server_id": SERVER}
-    async with http.post(
-        f"{gateway.url}/v1/consoles", json=body, headers=bearer(mint_jwt())
-    ) as response:
-        assert response.status == 201
-        answer: dict[str, dict[str, str]] = await response.json()
-    return answer["console"]["id"]
-
-
 async def test_rfb_handshake_and_framebuffer_update_through_websockify(
     http: aiohttp.ClientSession,
     gateway: RunningGateway,
     websockify_upstream: WebsockifyUpstream,
 ) -> None:
-    console_id = await new_console(http, gateway)
+    console_id = await gateway.new_console(http)
     ws = await http.ws_connect(gateway.ws_url(console_id), headers=PORTAL)
     rfb = ws_rfb_client(ws)
     init = await rfb.handshake()
@@ -84,7 +65,7 @@ async def test_websockify_refusing_a_cached_token_is_retried_with_a_fresh_one(
     websockify_upstream: WebsockifyUpstream,
     cloud_behind_websockify: ComputeSimulator,
 ) -> None:
-    console_id = await new_console(http, gateway)
+    console_id = await gateway.new_console(http)
     for token in list(cloud_behind_websockify.console_tokens):
         websockify_upstream.remove_token(token)  # plain websockify refuses before answering
     calls = cloud_behind_websockify.console_calls
@@ -100,7 +81,7 @@ async def test_websockify_refusing_twice_closes_with_a_reason(
     websockify_upstream: WebsockifyUpstream,
     cloud_behind_websockify: ComputeSimulator,
 ) -> None:
-    console_id = await new_console(http, gateway)
+    console_id = await gateway.new_console(http)
     cloud_behind_websockify.token_listeners.clear()  # fresh tokens stay unknown to websockify
     for token in list(cloud_behind_websockify.console_tokens):
         websockify_upstream.remove_token(token)

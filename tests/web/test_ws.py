@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -29,25 +28,10 @@ BODY = {"project_id": PROJECT, "server_id": SERVER}
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
 async def gateway(
     serve_gateway: GatewayServer, fake_redis: aioredis.Redis, console_proxy: ComputeSimulator
 ) -> RunningGateway:
     return await serve_gateway(fake_redis)
-
-
-async def new_console(http: aiohttp.ClientSession, gateway: RunningGateway) -> str:
-    async with http.post(
-        f"{gateway.url}/v1/consoles", json=BODY, headers=bearer(mint_jwt())
-    ) as response:
-        assert response.status == 201
-        body: dict[str, dict[str, str]] = await response.json()
-    return body["console"]["id"]
 
 
 async def open_console(
@@ -62,7 +46,7 @@ async def open_console(
 async def test_rfb_reaches_the_browser_through_the_gateway(
     http: aiohttp.ClientSession, gateway: RunningGateway, console_proxy: ComputeSimulator
 ) -> None:
-    console_id = await new_console(http, gateway)
+    console_id = await gateway.new_console(http)
     ws = await open_console(http, gateway.ws_url(console_id))
     rfb = ws_rfb_client(ws)
     init = await rfb.handshake()
@@ -80,7 +64,7 @@ async def test_rfb_reaches_the_browser_through_the_gateway(
 async def test_subprotocol_is_echoed_only_when_asked(
     http: aiohttp.ClientSession, gateway: RunningGateway
 ) -> None:
-    console_id = await new_console(http, gateway)
+    console_id = await gateway.new_console(http)
     plain = await open_console(http, gateway.ws_url(console_id))
     assert plain.protocol is None  # noVNC >= 1.2 asks for none
     await plain.close()
@@ -92,7 +76,7 @@ async def test_subprotocol_is_echoed_only_when_asked(
 async def test_refused_cached_url_is_retried_once_invisibly(
     http: aiohttp.ClientSession, gateway: RunningGateway, console_proxy: ComputeSimulator
 ) -> None:
-    console_id = await new_console(http, gateway)
+    console_id = await gateway.new_console(http)
     calls = console_proxy.console_calls
     console_proxy.console_tokens.clear()  # the cloud forgot the cached token (migration, expiry)
     ws = await open_console(http, gateway.ws_url(console_id))
@@ -106,7 +90,7 @@ async def test_refused_cached_url_is_retried_once_invisibly(
 async def test_second_refusal_closes_with_a_reason(
     http: aiohttp.ClientSession, gateway: RunningGateway, console_proxy: ComputeSimulator
 ) -> None:
-    console_id = await new_console(http, gateway)
+    console_id = await gateway.new_console(http)
     console_proxy.console_proxy.refuse_all_tokens = True
     ws = await open_console(http, gateway.ws_url(console_id))
     message = await ws.receive(timeout=10)
@@ -123,7 +107,7 @@ async def test_fresh_url_per_connect(
     console_proxy: ComputeSimulator,
 ) -> None:
     gateway = await serve_gateway(fake_redis, {"relay": {"fresh_url_per_connect": True}})
-    console_id = await new_console(http, gateway)
+    console_id = await gateway.new_console(http)
     calls = console_proxy.console_calls
     for _ in range(2):
         ws = await open_console(http, gateway.ws_url(console_id))
@@ -147,7 +131,7 @@ async def test_forbidden_origin_is_refused_before_any_upstream_work(
     console_proxy: ComputeSimulator,
     headers: dict[str, str],
 ) -> None:
-    console_id = await new_console(http, gateway)
+    console_id = await gateway.new_console(http)
     calls = console_proxy.console_calls
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await open_console(http, gateway.ws_url(console_id), headers=headers)
@@ -163,7 +147,7 @@ async def test_missing_origin_allowed_when_configured(
     console_proxy: ComputeSimulator,
 ) -> None:
     gateway = await serve_gateway(fake_redis, {"relay": {"allow_missing_origin": True}})
-    console_id = await new_console(http, gateway)
+    console_id = await gateway.new_console(http)
     ws = await open_console(http, gateway.ws_url(console_id), headers={})
     await ws_rfb_client(ws).handshake()
     await ws.close()
@@ -183,7 +167,7 @@ async def test_unknown_expired_and_revoked_consoles_close_without_upstream_work(
 ) -> None:
     clock = FakeClock()
     gateway = await serve_gateway(fake_redis, clock=clock)
-    expired, revoked = await new_console(http, gateway), await new_console(http, gateway)
+    expired, revoked = await gateway.new_console(http), await gateway.new_console(http)
     async with http.delete(
         f"{gateway.url}/v1/consoles/{revoked}", headers=bearer(mint_jwt())
     ) as response:
@@ -201,7 +185,7 @@ async def test_unknown_expired_and_revoked_consoles_close_without_upstream_work(
 async def test_plain_get_is_a_clear_400(
     http: aiohttp.ClientSession, gateway: RunningGateway
 ) -> None:
-    console_id = await new_console(http, gateway)
+    console_id = await gateway.new_console(http)
     async with http.get(f"{gateway.url}/ws/{console_id}", headers=PORTAL) as response:
         assert response.status == 400
         assert (await response.json())["error"]["code"] == "invalid_request"
@@ -211,7 +195,7 @@ async def test_plain_get_is_a_clear_400(
     "headers",
     [
         {"Sec-WebSocket-Version": "6"},
-            {"Sec-WebSocket-Version": "abc"},
+        {"Sec-WebSocket-Version": "abc"},
         {"Sec-WebSocket-Key": "not base64!"},
         {"Sec-WebSocket-Key": ""},
     ],
@@ -219,7 +203,7 @@ async def test_plain_get_is_a_clear_400(
 async def test_malformed_handshakes_are_400_not_500(
     http: aiohttp.ClientSession, gateway: RunningGateway, headers: dict[str, str]
 ) -> None:
-    console_id = await new_console(http, gateway)
+    console_id = await gateway.new_console(http)
     handshake = {
         **PORTAL,
         "Connection": "Upgrade",
@@ -240,7 +224,7 @@ async def test_use_keeps_the_link_alive_past_its_first_expiry(
 ) -> None:
     clock = FakeClock()
     gateway = await serve_gateway(fake_redis, clock=clock)
-    console_id = await new_console(http, gateway)
+    console_id = await gateway.new_console(http)
     for _ in range(3):  # three sessions, 10 minutes apart: 30 minutes > sessions.ttl_s
         clock.now += 600
         ws = await open_console(http, gateway.ws_url(console_id))
@@ -251,7 +235,7 @@ async def test_use_keeps_the_link_alive_past_its_first_expiry(
 async def test_shutdown_closes_live_consoles_with_1001(
     http: aiohttp.ClientSession, gateway: RunningGateway
 ) -> None:
-    console_id = await new_console(http, gateway)
+    console_id = await gateway.new_console(http)
     ws = await open_console(http, gateway.ws_url(console_id))
     await ws_rfb_client(ws).handshake()
     await gateway.app.shutdown()
@@ -266,7 +250,7 @@ async def test_long_session_outlives_the_upstream_http_timeout(
 ) -> None:
     # upstream.timeout_s bounds API calls; it must not cut a console WebSocket.
     gateway = await serve_gateway(fake_redis, {"upstream": {"timeout_s": 0.5}})
-    console_id = await new_console(http, gateway)
+    console_id = await gateway.new_console(http)
     ws = await open_console(http, gateway.ws_url(console_id))
     rfb = ws_rfb_client(ws)
     init = await rfb.handshake()
@@ -286,7 +270,7 @@ async def test_no_token_or_console_id_in_logs(
 ) -> None:
     issued: list[str] = []
     console_proxy.token_listeners.append(lambda token: issued.append(token.token))
-    console_id = await new_console(http, gateway)
+    console_id = await gateway.new_console(http)
     bodies = []
     for path in (f"/console/{console_id}", "/static/console.js", f"/v1/consoles/{console_id}"):
         async with http.get(f"{gateway.url}{path}", headers=bearer(mint_jwt())) as response:
