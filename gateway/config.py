@@ -66,6 +66,8 @@ class ServerSettings(_Section):
     allowed_origins: tuple[str, ...] = ()
     max_body_bytes: int = Field(16 * 1024, ge=256, le=1024 * 1024)
     max_json_depth: int = Field(8, ge=2, le=64)
+    # Names this process in logs, metrics and the live-connection registry; empty = host:pid.
+    instance_id: str = Field("", pattern=r"^[A-Za-z0-9._:-]{0,64}$")
     # The noVNC client (npm @novnc/novnc) served with the console page; empty = the copy
     # that scripts/bootstrap installs under the project's node_modules.
     novnc_dir: Path | None = None
@@ -206,6 +208,22 @@ class RelaySettings(_Section):
     allow_missing_origin: bool = False
 
 
+class LimitSettings(_Section):
+    # Console creations per subject per window, counted in Redis so all instances share it.
+    create_per_window: int = Field(30, ge=1, le=100000)
+    create_window_s: int = Field(60, ge=1, le=3600)
+    ws_per_console: int = Field(4, ge=1, le=1000)  # live WebSockets on one console link
+    ws_per_subject: int = Field(20, ge=1, le=100000)  # live WebSockets of one user, all instances
+    ws_per_instance: int = Field(10000, ge=1, le=1000000)
+
+
+class DrainSettings(_Section):
+    # On SIGTERM: unready at once, refuse new WebSockets, close live ones with 1001 after
+    # grace_s (so the load balancer has noticed), exit when empty or at deadline_s.
+    grace_s: float = Field(5, ge=0, le=3600)
+    deadline_s: float = Field(30, gt=0, le=3600)
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -219,4 +237,6 @@ class Settings(_Section):
     cache: CacheSettings = CacheSettings()
     sessions: SessionSettings = SessionSettings()
     relay: RelaySettings = RelaySettings()
+    limits: LimitSettings = LimitSettings()
+    drain: DrainSettings = DrainSettings()
     logging: LoggingSettings = LoggingSettings()
