@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import resource
 import sys
@@ -15,7 +16,11 @@ from aiohttp import web
 from gateway.app import create_app
 from gateway.config import ConfigError, Settings
 from gateway.config_loader import load_settings, masked_dump
+from gateway.drain import drain_on_signal
 from gateway.observability import AccessLogger, setup_logging
+from gateway.relay import CLOSE_TIMEOUT_S
+
+log = logging.getLogger("gateway.cli")
 
 
 def raise_fd_limit() -> int:
@@ -43,14 +48,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _load_or_exit(args.config or os.environ.get("CGW_CONFIG"))
     setup_logging(settings.logging)
     raise_fd_limit()
-    web.run_app(
-        create_app(settings),
-        host=settings.server.host,
-        port=settings.server.port,
-        access_log_class=AccessLogger,
-        print=None,
-    )
+    asyncio.run(serve(settings))
     return 0
+
+
+async def serve(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT, drain, then close what is left."""
+    # Not web.run_app: its signal handling closes every connection at once, with no drain.
+    runner = web.AppRunner(
+        create_app(settings),
+        access_log_class=AccessLogger,
+        handle_signals=False,
+        # After the drain, handlers still finishing (closing their upstream leg) get this long.
+        shutdown_timeout=CLOSE_TIMEOUT_S,
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.server.host, settings.server.port).start()
+        log.info(
+            "listening",
+            extra={"fields": {"event": "listening", "port": settings.server.port}},
+        )
+        await drain_on_signal(runner.app, settings.drain)
+    finally:
+        await runner.cleanup()
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from gateway import errors
 from gateway.auth.policy import Principal, can_manage_console, require_project
 from gateway.config import UPSTREAM_URL_VALIDITY_S, Settings
 from gateway.models import CONSOLE_TYPES, ID_PATTERN, ConsoleRecord, ConsoleTarget, Expiring
+from gateway.ratelimit import CreationRateLimiter
 from gateway.store.redis_store import Store
 from gateway.upstream.client import ComputeClient
 
@@ -65,15 +66,19 @@ class ConsoleService:
         store: Store,
         compute: ComputeClient,
         *,
+        limiter: CreationRateLimiter | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
         self._store = store
         self._compute = compute
+        self._limiter = limiter
         self._clock = clock
 
     async def create(self, principal: Principal, target: ConsoleTarget) -> IssuedConsole:
         require_project(principal, target.project_id)
+        if self._limiter is not None:
+            await self._limiter.check(principal.subject)
         # Fetching (or finding) the upstream URL first means a server that cannot open a
         # console (404/409) never gets a gateway link.
         await self.console_url(target)
@@ -144,10 +149,12 @@ class ConsoleService:
             raise errors.Gone("This console was revoked.")
         return extended
 
-    async def revoke(self, principal: Principal, console_id: str) -> None:
+    async def revoke(self, principal: Principal, console_id: str) -> ConsoleRecord | None:
+        """The record as revoked now, or None when it was revoked or expired already."""
         record = await self._load_owned(principal, console_id)
-        if record.revoked_at is None and record.expires_at > self._clock():
-            await self._store.revoke_console(record.id_hash, at=self._clock())
+        if record.revoked_at is not None or record.expires_at <= self._clock():
+            return None
+        return await self._store.revoke_console(record.id_hash, at=self._clock())
 
     async def _load_owned(self, principal: Principal, console_id: str) -> ConsoleRecord:
         record = await self.lookup(console_id)

@@ -83,8 +83,11 @@ class RateLimited(GatewayError):
     status, code = 429, "rate_limited"
     default_message = "Too many requests; try again later."
 
-    def __init__(self, message: str | None = None, *, retry_after_s: int = 1):
+    def __init__(
+        self, message: str | None = None, *, retry_after_s: int = 1, limit: str = "create"
+    ):
         super().__init__(message, headers={"Retry-After": str(max(1, retry_after_s))})
+        self.limit = limit  # which limit: a metric label, never shown to users
 
 
 class UpstreamError(GatewayError):

@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from gateway.config import LoggingSettings
+from gateway.keys import CLIENT_ADDRESS, REQUEST_ID
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -34,6 +35,11 @@ _CONSOLE_ID = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])"
 
 def short_hash(value: str) -> str:
     return "#" + hashlib.sha256(value.encode()).hexdigest()[:12]
+
+
+def console_ref(id_hash: str) -> str:
+    """A stored console's log name: equal to short_hash(its id), as redact() writes it in paths."""
+    return "#" + id_hash[:12]
 
 
 def redact(text: str) -> str:
@@ -84,6 +90,24 @@ def setup_logging(settings: LoggingSettings, stream: Any = None) -> logging.Hand
     return handler
 
 
+def access_request_id(request: web.BaseRequest, response: web.StreamResponse) -> str:
+    """The request's id once its middleware has returned (and reset request_id_var).
+
+    The request mapping has it for every answer, WebSocket upgrades included, whose
+    already-sent headers the middleware cannot extend; the header is the fallback.
+    """
+    stored = request.get(REQUEST_ID)
+    if isinstance(stored, str):
+        return stored
+    return response.headers.get("X-Request-ID", "-")
+
+
+def access_remote(request: web.BaseRequest) -> str | None:
+    """The real client: aiohttp logs the request it made, not the trusted-proxy clone."""
+    recorded = request.get(CLIENT_ADDRESS)
+    return recorded if isinstance(recorded, str) else request.remote
+
+
 class AccessLogger(AbstractAccessLogger):
     """One line per request; redact() turns console ids in the path into short hashes."""
 
@@ -94,14 +118,14 @@ class AccessLogger(AbstractAccessLogger):
             request.path,
             response.status,
             extra={
-                "request_id": response.headers.get("X-Request-ID", "-"),
+                "request_id": access_request_id(request, response),
                 "fields": {
                     "event": "http_request",
                     "method": request.method,
                     "path": request.path,
                     "status": response.status,
                     "duration_ms": round(time * 1000, 2),
-                    "remote": request.remote,
+                    "remote": access_remote(request),
                 },
             },
         )

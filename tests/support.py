@@ -20,6 +20,8 @@ BASE_CONFIG: dict[str, Any] = {
         "algorithms": ["HS256"],
         "hs256_secret": HS_SECRET,
     },
+    # Bursts in tests are not abuse; the rate-limit tests lower this themselves.
+    "limits": {"create_per_window": 100000},
     "upstream": {
         "compute_url": "http://127.0.0.1:1",
         "token": "upstream-service-token-SECRET",

@@ -17,6 +17,12 @@ def _part(value: str) -> str:
     return value
 
 
+def _subject_digest(subject: str) -> str:
+    # A JWT subject is any string (braces, colons, e-mail addresses); hashing keeps keys
+    # bounded and hash tags intact, and keeps names out of a Redis dump's key list.
+    return hashlib.sha256(subject.encode()).hexdigest()[:32]
+
+
 class KeySpace:
     """Key names under one prefix; a key's derived lock/error keys share its hash tag.
 
@@ -40,6 +46,23 @@ class KeySpace:
         identity = json.dumps([auth_url, username, project_id]).encode()
         digest = hashlib.sha256(identity).hexdigest()[:32]
         return f"{self.prefix}{{k:{digest}}}:keystone"
+
+    def live_on_console(self, id_hash: str) -> str:
+        """ZSET of one console's live WebSockets on every instance; beside its record."""
+        return f"{self.prefix}{{c:{_part(id_hash)}}}:live"
+
+    def live_of_subject(self, subject: str) -> str:
+        """ZSET of one subject's live WebSockets on every instance."""
+        return f"{self.prefix}{{s:{_subject_digest(subject)}}}:live"
+
+    def creations_of_subject(self, subject: str) -> str:
+        """ZSET of one subject's recent console creations (the rate-limit window)."""
+        return f"{self.prefix}{{s:{_subject_digest(subject)}}}:creates"
+
+    def revocations(self) -> str:
+        # A pub/sub channel, not a key: Cluster broadcasts PUBLISH to every node, so it
+        # needs no hash tag.
+        return f"{self.prefix}revocations"
 
     def lock_for(self, key: str) -> str:
         return f"{key}:lock"

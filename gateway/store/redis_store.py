@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.config import CacheSettings
 from gateway.errors import GatewayError, StoreUnavailable, UpstreamTimeout
+from gateway.metrics import CacheName, CacheResult, GatewayMetrics
 from gateway.models import ConsoleRecord, Expiring
 from gateway.store import codec
+from gateway.store.connect import RedisClient
 from gateway.store.keyspace import KeySpace
 from gateway.store.scripts import EXTEND, REVOKE, SETTLE
 from gateway.tasks import spawn
@@ -27,11 +28,22 @@ _WAIT_TIMEOUT = "timed out waiting for another request to fetch the console"
 
 
 @contextlib.contextmanager
-def _translated() -> Iterator[None]:
+def _translated(metrics: GatewayMetrics | None = None) -> Iterator[None]:
     try:
         yield
-    except (RedisError, OSError) as exc:  # asyncio.TimeoutError is an OSError since 3.11
+    # asyncio.TimeoutError is an OSError since 3.11; an unreachable Cluster raises
+    # RedisClusterException, which is not a RedisError.
+    except (RedisError, RedisClusterException, OSError) as exc:
+        if metrics is not None:
+            metrics.redis_error(type(exc).__name__)
         raise StoreUnavailable() from exc
+
+
+def cache_name(key: str) -> CacheName:
+    """Which cache a single-flight key belongs to, for metric labels (pure)."""
+    if key.endswith(":keystone"):
+        return "keystone_token"
+    return "console_url" if ":url:" in key else "other"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,13 +58,15 @@ class Store:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,  # one server, a Sentinel master or a Cluster
         keyspace: KeySpace,
         cache: CacheSettings,
         *,
         clock: Callable[[], float] = time.time,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.keyspace = keyspace
+        self._metrics = metrics
         self._redis = redis
         self._cache = cache
         self._clock = clock
@@ -62,7 +76,7 @@ class Store:
         self._extend_script = redis.register_script(EXTEND)
 
     async def ping(self) -> None:
-        with _translated():
+        with _translated(self._metrics):
             await self._redis.ping()
 
     async def single_flight(
@@ -78,15 +92,26 @@ class Store:
         if flight is None:
             snap = await self._snapshot(key, min_remaining_s)
             if snap.value is not None:
+                self._looked_up(key, "hit")
                 return snap.value
             if snap.error is not None:
+                self._looked_up(key, "error")
                 raise snap.error
-            flight = self._flights.get(key) or self._launch(key, fetch, ttl_s, min_remaining_s)
+            flight = self._flights.get(key)
+        self._looked_up(key, "miss")
+        if flight is None:
+            flight = self._launch(key, fetch, ttl_s, min_remaining_s)
+        elif self._metrics is not None:
+            self._metrics.single_flight_wait("local")
         # Shielded: a caller that goes away must not cancel the fetch its peers wait on.
         return await asyncio.shield(flight)
 
+    def _looked_up(self, key: str, result: CacheResult) -> None:
+        if self._metrics is not None:
+            self._metrics.cache_lookup(cache_name(key), result)
+
     async def invalidate(self, key: str) -> None:
-        with _translated():
+        with _translated(self._metrics):
             await self._redis.delete(key)
 
     def _launch(
@@ -117,7 +142,7 @@ class Store:
 
     async def _acquire(self, key: str, token: str) -> bool:
         lock_ms = max(1, int(self._cache.lock_ttl_s * 1000))
-        with _translated():
+        with _translated(self._metrics):
             taken = await self._redis.set(self.keyspace.lock_for(key), token, nx=True, px=lock_ms)
         return bool(taken)
 
@@ -157,6 +182,8 @@ class Store:
 
     async def _wait_for_holder(self, key: str, min_s: float, deadline: float) -> Expiring | None:
         """The holder's value; None if the lock vanished without one (the holder died)."""
+        if self._metrics is not None:
+            self._metrics.single_flight_wait("shared")
         delay = _POLL_FIRST_S
         while (remaining := deadline - time.monotonic()) > 0:
             await asyncio.sleep(min(delay, remaining))
@@ -172,7 +199,7 @@ class Store:
 
     async def _snapshot(self, key: str, min_s: float) -> _Snapshot:
         keys = (key, self.keyspace.error_for(key), self.keyspace.lock_for(key))
-        with _translated():
+        with _translated(self._metrics):
             raw_value, raw_error, lock = await self._redis.mget(keys)
         value = codec.decode_expiring(raw_value)
         if value is not None and not codec.is_fresh(value, self._clock(), min_s):
@@ -192,14 +219,14 @@ class Store:
         if error is not None and error_ms > 0:
             args[3:5] = [codec.encode_error(error), error_ms]
         keys = [key, self.keyspace.error_for(key), self.keyspace.lock_for(key)]
-        with _translated():
+        with _translated(self._metrics):
             await self._settle_script(keys=keys, args=args)
 
     async def put_console(self, record: ConsoleRecord, *, keep_s: float) -> None:
         """Store (or replace) a record; it disappears after keep_s seconds."""
         key = self.keyspace.console(record.id_hash)
         keep_ms = int(keep_s * 1000)
-        with _translated():
+        with _translated(self._metrics):
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.delete(key)
                 if keep_ms > 0:
@@ -209,14 +236,14 @@ class Store:
                 await pipe.execute()
 
     async def get_console(self, id_hash: str) -> ConsoleRecord | None:
-        with _translated():
+        with _translated(self._metrics):
             raw = await self._redis.hgetall(self.keyspace.console(id_hash))
         return codec.decode_record(raw) if raw else None
 
     async def revoke_console(self, id_hash: str, *, at: float) -> ConsoleRecord | None:
         """Mark a record revoked, keeping its TTL and the first revoked_at; None if unknown."""
         key = self.keyspace.console(id_hash)
-        with _translated():
+        with _translated(self._metrics):
             flat: list[Any] | None = await self._revoke_script(keys=[key], args=[repr(float(at))])
         return _record_from_flat(flat)
 
@@ -226,7 +253,7 @@ class Store:
         """Push a live record's expiry later (never earlier); None if unknown or revoked."""
         key = self.keyspace.console(id_hash)
         args: list[str | int] = [repr(float(expires_at)), max(1, int(keep_s * 1000))]
-        with _translated():
+        with _translated(self._metrics):
             flat: list[Any] | None = await self._extend_script(keys=[key], args=args)
         return _record_from_flat(flat)
 

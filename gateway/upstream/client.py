@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
@@ -11,6 +12,7 @@ import aiohttp
 
 from gateway import errors
 from gateway.config import UpstreamSettings
+from gateway.metrics import GatewayMetrics
 from gateway.models import ConsoleTarget
 from gateway.upstream.console_url import ConsoleUrl, parse_console_url
 from gateway.upstream.credentials import CredentialProvider
@@ -64,14 +66,30 @@ class ComputeClient:
         credentials: CredentialProvider,
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self._settings = settings
         self._session = session
         self._credentials = credentials
         self._sleep = sleep
+        self._metrics = metrics
 
     async def create_remote_console(self, target: ConsoleTarget) -> ConsoleUrl:
         """A fresh console URL from the upstream; errors.* on any failure."""
+        started, outcome = time.monotonic(), errors.GatewayError.code
+        try:
+            console_url = await self._within_deadline(target)
+            outcome = "ok"
+            return console_url
+        except errors.GatewayError as exc:
+            outcome = "timeout" if isinstance(exc, errors.UpstreamTimeout) else exc.code
+            raise
+        finally:
+            # A cancelled call (its caller went away) has no outcome worth counting.
+            if self._metrics is not None and not _cancelling():
+                self._metrics.upstream_call(outcome, time.monotonic() - started)
+
+    async def _within_deadline(self, target: ConsoleTarget) -> ConsoleUrl:
         try:
             # One deadline for the whole operation, retries and token renewal included.
             async with asyncio.timeout(self._settings.timeout_s):
@@ -90,6 +108,8 @@ class ComputeClient:
                     raise exc.final from None
                 delay = self._settings.retry_backoff_s * 2**attempt
                 attempt += 1
+                if self._metrics is not None:
+                    self._metrics.upstream_retry()
                 log.info("compute API attempt failed (%s); retry %d in %.2fs",
                          exc.final.message, attempt, delay)
                 await self._sleep(delay)
@@ -139,3 +159,8 @@ class ComputeClient:
             raise
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise _Retryable(errors.UpstreamError(_UNREACHABLE)) from exc
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

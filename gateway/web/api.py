@@ -7,10 +7,11 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import errors
+from gateway import audit, errors
 from gateway.config import Settings
-from gateway.consoles import IssuedConsole, validate_target
-from gateway.keys import CONSOLES, PRINCIPAL, SETTINGS
+from gateway.consoles import IssuedConsole, hash_console_id, validate_target
+from gateway.fleet import broadcast_revocation
+from gateway.keys import CONNECTIONS, CONSOLES, METRICS, PRINCIPAL, SETTINGS
 from gateway.models import ConsoleRecord
 from gateway.web.bodies import read_json_object
 
@@ -67,7 +68,13 @@ async def create_console(request: web.Request) -> web.Response:
         body.get("protocol", "vnc"),
     )
     issued = await request.app[CONSOLES].create(request[PRINCIPAL], target)
+    record_creation(request, issued.record)
     return no_store(web.json_response(issued_console_body(settings, issued), status=201))
+
+
+def record_creation(request: web.Request, record: ConsoleRecord) -> None:
+    audit.console_created(request, record)
+    request.app[METRICS].console_created()
 
 
 async def get_console(request: web.Request) -> web.Response:
@@ -81,13 +88,20 @@ async def get_console(request: web.Request) -> web.Response:
             "owner": record.owner,
             "created_at": iso8601(record.created_at),
             "status": "active",
+            "live_connections": await request.app[CONNECTIONS].live_connections(record.id_hash),
         }
     }
     return no_store(web.json_response(body))
 
 
 async def delete_console(request: web.Request) -> web.Response:
-    await request.app[CONSOLES].revoke(request[PRINCIPAL], request.match_info["console_id"])
+    console_id = request.match_info["console_id"]
+    revoked = await request.app[CONSOLES].revoke(request[PRINCIPAL], console_id)
+    if revoked is not None:
+        audit.console_revoked(request, revoked)
+        request.app[METRICS].console_revoked()
+    # Also when it was revoked already: a retried DELETE repeats a broadcast that failed.
+    await broadcast_revocation(request.app, hash_console_id(console_id))
     return web.Response(status=204)
 
 

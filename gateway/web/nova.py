@@ -9,7 +9,7 @@ from aiohttp import web
 from gateway import errors
 from gateway.consoles import validate_target
 from gateway.keys import CONSOLES, PRINCIPAL, SETTINGS
-from gateway.web.api import console_links, no_store
+from gateway.web.api import console_links, no_store, record_creation
 from gateway.web.bodies import read_json_object
 from gateway.web.microversion import (
     MAX_VERSION,
@@ -79,6 +79,7 @@ async def remote_consoles(request: web.Request) -> web.Response:
         console["protocol"],
     )
     issued = await request.app[CONSOLES].create(request[PRINCIPAL], target)
+    record_creation(request, issued.record)
     answer = {
         "remote_console": {
             "protocol": target.protocol,

@@ -8,11 +8,21 @@ import logging
 
 from aiohttp import WSCloseCode, web
 
-from gateway import errors
-from gateway.keys import CONNECTOR, CONSOLES, LIVE_SOCKETS, ORIGINS, SETTINGS
+from gateway import audit, errors
+from gateway.connections import Admission
+from gateway.keys import (
+    CONNECTIONS,
+    CONNECTOR,
+    CONSOLES,
+    HEALTH,
+    LIVE_SOCKETS,
+    METRICS,
+    ORIGINS,
+    SETTINGS,
+)
 from gateway.models import ConsoleRecord
-from gateway.observability import short_hash
-from gateway.relay import CLOSE_TIMEOUT_S, RelayResult, close_within, relay
+from gateway.observability import console_ref
+from gateway.relay import CLOSE_TIMEOUT_S, close_within, relay
 from gateway.sessions import UPSTREAM_PROTOCOLS, UpstreamConnection
 from gateway.web.middlewares import public
 from gateway.web.origin import origin_allowed
@@ -38,6 +48,7 @@ async def console_websocket(request: web.Request) -> web.StreamResponse:
     allow_missing = relay_settings.allow_missing_origin
     if not origin_allowed(request.headers.get("Origin"), app[ORIGINS], allow_missing=allow_missing):
         raise errors.Forbidden("This origin may not open consoles.")
+    app[HEALTH].ensure_accepting()  # 503 while draining: the load balancer retries elsewhere
     client = web.WebSocketResponse(
         protocols=UPSTREAM_PROTOCOLS,  # echoed only if the browser asked for it
         heartbeat=relay_settings.heartbeat_s,
@@ -52,18 +63,33 @@ async def console_websocket(request: web.Request) -> web.StreamResponse:
         # handshake would reach it only as an anonymous 1006.
         return await _accept_and_close(client, request, _GONE_CODES[type(exc)], exc)
     try:
-        upstream = await app[CONNECTOR].open(record.target)
+        admission = await app[CONNECTIONS].admit(client, record)
+    except errors.RateLimited as exc:
+        app[METRICS].rate_limited(exc.limit)  # type: ignore[arg-type]
+        return await _accept_and_close(client, request, WSCloseCode.TRY_AGAIN_LATER, exc)
+    try:
+        return await _open_and_relay(client, request, record, admission)
+    finally:
+        await app[CONNECTIONS].release(admission)
+
+
+async def _open_and_relay(
+    client: web.WebSocketResponse,
+    request: web.Request,
+    record: ConsoleRecord,
+    admission: Admission,
+) -> web.WebSocketResponse:
+    try:
+        upstream = await request.app[CONNECTOR].open(record.target)
     except errors.GatewayError as exc:
         log.warning(
             "console upstream unavailable: %s %s",
             exc.status,
             exc.code,
-            extra={
-                "fields": {"event": "console_refused", "console": short_hash(record.id_hash)},
-            },
+            extra={"fields": {"event": "console_refused", "console": console_ref(record.id_hash)}},
         )
         return await _accept_and_close(client, request, WSCloseCode.INTERNAL_ERROR, exc)
-    return await _relay(client, request, upstream, record)
+    return await _relay(client, request, upstream, record, admission)
 
 
 async def _live_record(request: web.Request) -> ConsoleRecord:
@@ -78,6 +104,7 @@ async def _relay(
     request: web.Request,
     upstream: UpstreamConnection,
     record: ConsoleRecord,
+    admission: Admission,
 ) -> web.WebSocketResponse:
     app = request.app
     try:
@@ -85,24 +112,22 @@ async def _relay(
     except Exception:
         await upstream.websocket.close()
         raise
+    if admission.close_requested is not None:  # revoked while the upstream was opening
+        code, reason = admission.close_requested
+        await upstream.websocket.close()
+        await client.close(code=code, message=reason.encode())
+        return client
     app[LIVE_SOCKETS].add(client)
-    console = short_hash(record.id_hash)
-    log.info(
-        "console connected",
-        extra={
-            "fields": {
-                "event": "console_connected",
-                "console": console,
-                "server_id": record.server_id,
-                "remote": request.remote,
-                "upstream_retried": upstream.retried,
-            }
-        },
-    )
-    result = await relay(
-        client, upstream.websocket, app[SETTINGS].relay, first_chunk=upstream.first_chunk
-    )
-    _log_disconnected(console, result)
+    audit.console_connected(request, record, upstream_retried=upstream.retried)
+    try:
+        with app[METRICS].live_websocket():
+            result = await relay(
+                client, upstream.websocket, app[SETTINGS].relay, first_chunk=upstream.first_chunk
+            )
+    finally:
+        app[LIVE_SOCKETS].discard(client)
+    app[METRICS].session_ended(result)
+    audit.console_disconnected(request, record, result)
     await _extend_quietly(request, record)
     return client
 
@@ -114,23 +139,6 @@ async def _accept_and_close(
     await client.prepare(request)
     await client.close(code=code, message=error.message.encode()[:_MAX_REASON_BYTES])
     return client
-
-
-def _log_disconnected(console: str, result: RelayResult) -> None:
-    log.info(
-        "console disconnected",
-        extra={
-            "fields": {
-                "event": "console_disconnected",
-                "console": console,
-                "bytes_to_client": result.bytes_to_client,
-                "bytes_to_upstream": result.bytes_to_upstream,
-                "close_code": result.close_code,
-                "closed_by": result.closed_by,
-                "duration_s": round(result.duration_s, 3),
-            }
-        },
-    )
 
 
 async def _extend_quietly(request: web.Request, record: ConsoleRecord) -> None:

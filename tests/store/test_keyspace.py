@@ -87,3 +87,24 @@ def test_keystone_key_hashes_its_inputs() -> None:
 def test_keystone_keys_differ_per_identity(other: tuple[str, str, str]) -> None:
     base = KS.keystone_token("https://keystone.example/v3", "svc-user", "proj-1")
     assert KS.keystone_token(*other) != base
+
+
+def test_live_connection_keys_share_their_owners_slot() -> None:
+    id_hash = "ab" * 32
+    assert KS.live_on_console(id_hash) == "cgw:{c:" + id_hash + "}:live"
+    assert hash_tag(KS.live_on_console(id_hash)) == hash_tag(KS.console(id_hash))
+    live, creates = KS.live_of_subject("alice"), KS.creations_of_subject("alice")
+    assert live.endswith(":live") and creates.endswith(":creates")
+    assert hash_tag(live) == hash_tag(creates) != hash_tag(KS.live_of_subject("bob"))
+
+
+@pytest.mark.parametrize("subject", ["alice@example.com", "a}b{c", "x:y/z", "ü" * 300])
+def test_subject_keys_hash_any_subject(subject: str) -> None:
+    key = KS.live_of_subject(subject)
+    assert subject not in key and key.count("{") == key.count("}") == 1
+    assert len(key) < 64
+
+
+def test_revocation_channel() -> None:
+    assert KS.revocations() == "cgw:revocations"
+    assert KeySpace("other:").revocations() != KS.revocations()
