@@ -46,7 +46,7 @@ from gateway.web.errors import error_middleware
 from gateway.web.forwarded import forwarded_middleware
 from gateway.web.metrics import add_routes as add_metrics_routes
 from gateway.web.metrics import denials_middleware, request_metrics_middleware
-from gateway.web.middlewares import auth_middleware, request_id_middleware
+from gateway.web.middlewares import auth_middleware, request_id_header, request_id_middleware
 from gateway.web.origin import allowed_origins
 
 log = logging.getLogger("gateway.app")
@@ -72,6 +72,7 @@ def create_app(
         client_max_size=settings.server.max_body_bytes + 1,
     )
     app[SETTINGS] = settings
+    app.on_response_prepare.append(request_id_header)
     app[METRICS] = metrics
     app[ORIGINS] = allowed_origins(settings.server)
     app[LIVE_SOCKETS] = weakref.WeakSet()

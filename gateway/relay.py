@@ -17,7 +17,8 @@ from gateway.tasks import spawn
 
 log = logging.getLogger("gateway.relay")
 
-ClosedBy = Literal["client", "upstream", "idle", "max_duration", "shutdown", "error"]
+# "revoked" is set by the WebSocket handler, which knows why it closed the client itself.
+ClosedBy = Literal["client", "upstream", "idle", "max_duration", "shutdown", "revoked", "error"]
 AnyWebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 
 # How long a close handshake, and then the flushing of a closed socket, may take before the

@@ -164,6 +164,8 @@ async def test_revocation_on_one_instance_closes_the_console_everywhere_within_a
 ) -> None:
     lb_url, (first, second) = cluster
     async with aiohttp.ClientSession() as http:
+        async with http.get(f"{lb_url}/metrics") as response:
+            assert response.status == 404  # instances are scraped directly, not through the LB
         console_id = await create_console(http, first.url)
         sockets = [(await connect(http, lb_url, console_id))[0] for _ in range(2)]
         async with http.delete(

@@ -51,6 +51,12 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     return response
 
 
+async def request_id_header(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: also WebSocket upgrades (101), which the middleware cannot reach."""
+    if REQUEST_ID in request:
+        response.headers.setdefault("X-Request-ID", request[REQUEST_ID])
+
+
 def _is_public(request: web.Request) -> bool:
     route = request.match_info.route
     # Unmatched paths fall through so that they answer 404/405, not 401.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 
 from aiohttp import WSCloseCode, web
@@ -126,10 +127,18 @@ async def _relay(
             )
     finally:
         app[LIVE_SOCKETS].discard(client)
+    requested = _close_requested(admission)  # set meanwhile by a revocation, if any
+    if requested is not None and result.closed_by == "shutdown":
+        # The registry closed it: report the code the browser was actually sent.
+        result = dataclasses.replace(result, close_code=requested[0], closed_by="revoked")
     app[METRICS].session_ended(result)
     audit.console_disconnected(request, record, result)
     await _extend_quietly(request, record)
     return client
+
+
+def _close_requested(admission: Admission) -> tuple[int, str] | None:
+    return admission.close_requested
 
 
 async def _accept_and_close(

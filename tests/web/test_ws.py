@@ -67,6 +67,7 @@ async def test_subprotocol_is_echoed_only_when_asked(
     console_id = await gateway.new_console(http)
     plain = await open_console(http, gateway.ws_url(console_id))
     assert plain.protocol is None  # noVNC >= 1.2 asks for none
+    assert plain._response.headers["X-Request-ID"]  # the 101 answer carries one too
     await plain.close()
     binary = await open_console(http, gateway.ws_url(console_id), protocols=("binary",))
     assert binary.protocol == "binary"
