@@ -270,3 +270,23 @@ def captured_logs() -> Iterator[io.StringIO]:
     finally:
         logging.getLogger().removeHandler(handler)
         logging.getLogger().setLevel(logging.WARNING)
+
+
+@pytest.fixture(params=["fake", "real"])
+async def redis_pair(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[aioredis.Redis, aioredis.Redis]]:
+    """Two clients on one Redis, as two gateway instances would have."""
+    clients: tuple[aioredis.Redis, aioredis.Redis]
+    if request.param == "fake":
+        server = fakeredis.FakeServer()
+        clients = (fakeredis.FakeAsyncRedis(server=server), fakeredis.FakeAsyncRedis(server=server))
+    else:
+        url: str = request.getfixturevalue("redis_server")
+        clients = (aioredis.Redis.from_url(url), aioredis.Redis.from_url(url))
+        await clients[0].flushdb()
+    try:
+        yield clients
+    finally:
+        for client in clients:
+            await client.aclose()

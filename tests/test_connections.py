@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
-import fakeredis
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -26,26 +25,6 @@ KS = KeySpace("test:")
 LEASE_S = 30.0
 CONSOLE_X, CONSOLE_Y = "a" * 64, "b" * 64
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
-
-
-@pytest.fixture(params=["fake", "real"])
-async def redis_pair(
-    request: pytest.FixtureRequest,
-) -> AsyncIterator[tuple[aioredis.Redis, aioredis.Redis]]:
-    """Two clients on one Redis, as two gateway instances would have."""
-    clients: tuple[aioredis.Redis, aioredis.Redis]
-    if request.param == "fake":
-        server = fakeredis.FakeServer()
-        clients = (fakeredis.FakeAsyncRedis(server=server), fakeredis.FakeAsyncRedis(server=server))
-    else:
-        url: str = request.getfixturevalue("redis_server")
-        clients = (aioredis.Redis.from_url(url), aioredis.Redis.from_url(url))
-        await clients[0].flushdb()
-    try:
-        yield clients
-    finally:
-        for client in clients:
-            await client.aclose()
 
 
 def make_registry(

@@ -88,5 +88,5 @@ async def test_websockify_refusing_twice_closes_with_a_reason(
     ws = await http.ws_connect(gateway.ws_url(console_id), headers=PORTAL)
     message = await ws.receive(timeout=15)
     assert message.type is aiohttp.WSMsgType.CLOSE
-    assert ws.close_code == 1011
+    assert message.data == 1011
     assert "refused" in str(message.extra)

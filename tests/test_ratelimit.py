@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import fakeredis
 import pytest
 import redis.asyncio as aioredis
 
@@ -15,26 +12,6 @@ from gateway.store.keyspace import KeySpace
 from tests.support import FakeClock, free_port
 
 KS = KeySpace("test:")
-
-
-@pytest.fixture(params=["fake", "real"])
-async def redis_pair(
-    request: pytest.FixtureRequest,
-) -> AsyncIterator[tuple[aioredis.Redis, aioredis.Redis]]:
-    """Two clients on one Redis, as two gateway instances would have."""
-    clients: tuple[aioredis.Redis, aioredis.Redis]
-    if request.param == "fake":
-        server = fakeredis.FakeServer()
-        clients = (fakeredis.FakeAsyncRedis(server=server), fakeredis.FakeAsyncRedis(server=server))
-    else:
-        url: str = request.getfixturevalue("redis_server")
-        clients = (aioredis.Redis.from_url(url), aioredis.Redis.from_url(url))
-        await clients[0].flushdb()
-    try:
-        yield clients
-    finally:
-        for client in clients:
-            await client.aclose()
 
 
 def limiter(

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
-import fakeredis
 import pytest
 import redis.asyncio as aioredis
 
@@ -17,7 +16,6 @@ from gateway.store.redis_store import Store
 from tests.support import FakeClock
 
 NOW = 1_700_000_000.25
-
 
 
 class Upstream:
@@ -42,26 +40,6 @@ class Upstream:
         if self.error is not None:
             raise self.error
         return Expiring(f"https://console.example/?n={self.calls}", self.clock() + self.valid_for_s)
-
-
-@pytest.fixture(params=["fake", "real"])
-async def redis_pair(
-    request: pytest.FixtureRequest,
-) -> AsyncIterator[tuple[aioredis.Redis, aioredis.Redis]]:
-    """Two clients on one Redis, as two gateway instances would have."""
-    clients: tuple[aioredis.Redis, aioredis.Redis]
-    if request.param == "fake":
-        server = fakeredis.FakeServer()
-        clients = (fakeredis.FakeAsyncRedis(server=server), fakeredis.FakeAsyncRedis(server=server))
-    else:
-        url: str = request.getfixturevalue("redis_server")
-        clients = (aioredis.Redis.from_url(url), aioredis.Redis.from_url(url))
-        await clients[0].flushdb()
-    try:
-        yield clients
-    finally:
-        for client in clients:
-            await client.aclose()
 
 
 @pytest.fixture

@@ -96,7 +96,7 @@ async def test_second_refusal_closes_with_a_reason(
     ws = await open_console(http, gateway.ws_url(console_id))
     message = await ws.receive(timeout=10)
     assert message.type is aiohttp.WSMsgType.CLOSE
-    assert ws.close_code == 1011
+    assert message.data == 1011
     assert "refused" in str(message.extra)
     assert console_proxy.console_proxy.refused == 2
 
@@ -157,7 +157,9 @@ async def test_missing_origin_allowed_when_configured(
 async def close_code_of(ws: aiohttp.ClientWebSocketResponse) -> int | None:
     message = await ws.receive(timeout=10)
     assert message.type is aiohttp.WSMsgType.CLOSE
-    return ws.close_code
+    # The code in the close frame: aiohttp's own close_code turns into 1006 when the server
+    # drops TCP before the client's close reply is out, although a browser reports the code.
+    return int(message.data)
 
 
 async def test_unknown_expired_and_revoked_consoles_close_without_upstream_work(
