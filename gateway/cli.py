@@ -87,6 +87,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from gateway.simulator.standalone import SimulatorOptions, run_simulator
+
+    token = os.environ.get("CGW_SIM_SERVICE_TOKEN", "")
+    if not token:
+        print("console-gateway: CGW_SIM_SERVICE_TOKEN must be set", file=sys.stderr)
+        return 2
+    options = SimulatorOptions(
+        args.host, args.compute_port, args.console_port, args.public_host, token
+    )
+    asyncio.run(run_simulator(options))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="console-gateway", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -100,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8080)
     demo.set_defaults(func=cmd_demo)
+    simulate = commands.add_parser(
+        "simulate", help="only the simulated cloud (compute API + console proxy), for compose"
+    )
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--compute-port", type=int, default=8774)
+    simulate.add_argument("--console-port", type=int, default=6080)
+    simulate.add_argument("--public-host", default="127.0.0.1", help="host in console URLs")
+    simulate.set_defaults(func=cmd_simulate)
     return parser
 
 
