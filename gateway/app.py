@@ -41,7 +41,7 @@ from gateway.upstream.client import ComputeClient
 from gateway.upstream.credentials import CredentialProvider, StaticToken
 from gateway.upstream.http import create_http_session
 from gateway.upstream.keystone import KeystoneTokenProvider
-from gateway.web import api, console_page, health, nova, ws
+from gateway.web import api, console_page, health, nova, openapi, ws
 from gateway.web.errors import error_middleware
 from gateway.web.forwarded import forwarded_middleware
 from gateway.web.metrics import add_routes as add_metrics_routes
@@ -80,7 +80,7 @@ def create_app(
     app.cleanup_ctx.append(_redis_ctx(redis))
     app.cleanup_ctx.append(_services_ctx(clock))
     app.cleanup_ctx.append(fleet_ctx)
-    for module in (api, nova, health, ws, console_page):
+    for module in (api, nova, health, ws, console_page, openapi):
         module.add_routes(app)
     add_metrics_routes(app, metrics)
     return app
