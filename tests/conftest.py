@@ -30,6 +30,7 @@ from gateway.simulator.console_proxy import create_console_proxy_app
 from gateway.simulator.framebuffer import Framebuffer
 from gateway.simulator.rfb import serve_rfb_tcp
 from gateway.simulator.state import ComputeSimulator
+from tests.figures import SecurityFigures
 from tests.rfb_support import WebsockifyUpstream, stop_process_group, wait_listening
 from tests.support import (
     BASE_CONFIG,
@@ -45,6 +46,14 @@ from tests.support import (
 )
 
 GatewayFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+
+
+@pytest.fixture(scope="session")
+def security_figures() -> Iterator[SecurityFigures]:
+    """The adversarial suite's figures; written for scripts/security-report at the end."""
+    figures = SecurityFigures()
+    yield figures
+    figures.write()
 
 
 @pytest.fixture
