@@ -70,6 +70,10 @@ def create_app(
         ],
         # Bodies are read by bodies.read_json_object with their own, smaller bound.
         client_max_size=settings.server.max_body_bytes + 1,
+        # Compressed bodies are refused (415) by bodies.check_content_headers; left on, aiohttp's
+        # parser would decode them first and answer an encoding it cannot decode (br without
+        # Brotli, zstd) with its own text/plain 400 before any middleware runs.
+        handler_args={"auto_decompress": False},
     )
     app[SETTINGS] = settings
     app.on_response_prepare.append(request_id_header)

@@ -66,6 +66,11 @@ class ServerSettings(_Section):
     allowed_origins: tuple[str, ...] = ()
     max_body_bytes: int = Field(16 * 1024, ge=256, le=1024 * 1024)
     max_json_depth: int = Field(8, ge=2, le=64)
+    # A connection without a complete request (headers never finished, or idle between
+    # keep-alive requests) is closed after this; above the load balancer's idle timeout (60 s).
+    keepalive_timeout_s: float = Field(75, gt=0, le=3600)
+    # bench/api.py: console creation serves ~15-20 % more requests per second on uvloop.
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     # Names this process in logs, metrics and the live-connection registry; empty = host:pid.
     instance_id: str = Field("", pattern=r"^[A-Za-z0-9._:-]{0,64}$")
     # The noVNC client (npm @novnc/novnc) served with the console page; empty = the copy

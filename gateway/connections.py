@@ -202,13 +202,15 @@ class ConnectionRegistry:
 
     def _queue_renewals(self, pipe: Any, held: list[Admission]) -> None:
         expiry, key_ms = self._clock() + self._lease_s, self._key_ms()
-        keys: set[str] = set()
+        # One ZADD per key with all of its members: thousands of consoles on a few keys
+        # would otherwise cost thousands of commands every heartbeat.
+        members: dict[str, dict[str, float]] = {}
         for admission in held:
             for key in self._keys_of(admission):
-                # Plain ZADD, not XX: it also restores leases lost while Redis was away.
-                pipe.zadd(key, {admission.member: expiry})
-                keys.add(key)
-        for key in sorted(keys):
+                members.setdefault(key, {})[admission.member] = expiry
+        for key in sorted(members):
+            # Plain ZADD, not XX: it also restores leases lost while Redis was away.
+            pipe.zadd(key, members[key])
             pipe.pexpire(key, key_ms)
 
     def _keys_of(self, admission: Admission) -> list[str]:

@@ -30,6 +30,8 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 # Console sessions last from a refused second to sessions.max_lifetime_s (8 h by default).
 _SESSION_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Bounds the per-label-set cache of request metric children (methods are raw input).
+_MAX_CACHED_CHILDREN = 1024
 _CLOSED_BY = ("client", "upstream", "idle", "max_duration", "shutdown", "error")
 
 
@@ -96,6 +98,9 @@ class GatewayMetrics:
         self._rate_limited = Counter(
             "cgw_rate_limited", "Requests refused by a limit, by limit.", ["limit"], registry=reg
         )
+        self._request_children: dict[tuple[str, str, int], Counter] = {}
+        self._latency_children: dict[tuple[str, str], Histogram] = {}
+        self._cache_children: dict[tuple[str, str], Counter] = {}
         if process_metrics:
             # Open file descriptors and memory matter at 10,000 consoles per instance.
             ProcessCollector(registry=reg)
@@ -117,10 +122,22 @@ class GatewayMetrics:
 
     def request(self, route: str, method: str, status: int, seconds: float | None) -> None:
         """One HTTP request; seconds is None for a WebSocket upgrade (a session, not latency)."""
-        method = method_label(method)
-        self._requests.labels(route, method, str(status)).inc()
+        # labels() takes a lock and checks its arguments on every call; the label sets
+        # (route template, method, status) are few, so their children are kept.
+        counted = self._request_children.get((route, method, status))
+        if counted is None:
+            counted = self._requests.labels(route, method_label(method), str(status))
+            if len(self._request_children) < _MAX_CACHED_CHILDREN:
+                self._request_children[(route, method, status)] = counted
+        counted.inc()
         if seconds is not None:
-            self._request_seconds.labels(route, method).observe(seconds)
+            # Created on first use only: a route with only WebSocket upgrades has no series.
+            timed = self._latency_children.get((route, method))
+            if timed is None:
+                timed = self._request_seconds.labels(route, method_label(method))
+                if len(self._latency_children) < _MAX_CACHED_CHILDREN:
+                    self._latency_children[(route, method)] = timed
+            timed.observe(seconds)
 
     def upstream_call(self, outcome: str, seconds: float) -> None:
         """One compute API call by its final outcome: "ok", "timeout" or an error code."""
@@ -131,7 +148,10 @@ class GatewayMetrics:
         self._upstream_calls.labels("retry").inc()
 
     def cache_lookup(self, cache: CacheName, result: CacheResult) -> None:
-        self._cache.labels(cache, result).inc()
+        child = self._cache_children.get((cache, result))
+        if child is None:
+            child = self._cache_children[(cache, result)] = self._cache.labels(cache, result)
+        child.inc()
 
     def single_flight_wait(self, scope: WaitScope) -> None:
         self._waits.labels(scope).inc()

@@ -29,8 +29,16 @@ _HEADER_SECRET = re.compile(
     r"(?i)(x-auth-token|x-subject-token|authorization)([\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+"
 )
 _JSON_SECRET = re.compile(r"(?i)(\"(?:password|token|secret|hs256_secret)\"\s*:\s*\")[^\"]*")
+# Literals (lower case) without which _HEADER_SECRET and _JSON_SECRET cannot match.
+_HEADER_NAMES = ("x-auth-token", "x-subject-token", "authorization")
+_JSON_NAMES = ('"password"', '"token"', '"secret"', '"hs256_secret"')
 # A gateway console id: 43 base64url characters (256 bits); logged only as a short hash.
+# What a console id in a log line is (the reference for tests); redact() uses _ID_RUN.
 _CONSOLE_ID = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])")
+# The same matches, faster: every maximal run of 43 or more such characters (the leftmost
+# match starts a run and is greedy), of which _console_ref keeps only the 43-long ones.
+_ID_RUN = re.compile(r"[A-Za-z0-9_-]{43,}")
+_CONSOLE_ID_CHARS = 43
 
 
 def short_hash(value: str) -> str:
@@ -44,12 +52,28 @@ def console_ref(id_hash: str) -> str:
 
 def redact(text: str) -> str:
     """Remove tokens, JWTs, passwords and console ids from text bound for a log line."""
-    text = _JWT.sub("<jwt>", text)
-    text = _QUERY_SECRET.sub(lambda m: m.group(1) + "<redacted>", text)
-    text = _AUTH_SCHEME.sub(lambda m: m.group(1) + " <redacted>", text)
-    text = _HEADER_SECRET.sub(lambda m: m.group(1) + m.group(2) + "<redacted>", text)
-    text = _JSON_SECRET.sub(lambda m: m.group(1) + "<redacted>", text)
-    return _CONSOLE_ID.sub(lambda m: short_hash(m.group(0)), text)
+    # Every line goes through here (two per API request): a pattern runs only when the
+    # literal it cannot match without is present. The case-insensitive ones are scanned
+    # for in lower case only in ASCII text, where IGNORECASE has no other variants (it
+    # matches U+017F for "s" and the Kelvin sign for "k"); anything else runs them all.
+    ascii_only = text.isascii()
+    low = text.lower() if ascii_only else ""
+    if "eyJ" in text:
+        text = _JWT.sub("<jwt>", text)
+    if "=" in text or "%3" in text:
+        text = _QUERY_SECRET.sub(lambda m: m.group(1) + "<redacted>", text)
+    if not ascii_only or "bearer" in low or "basic" in low:
+        text = _AUTH_SCHEME.sub(lambda m: m.group(1) + " <redacted>", text)
+    if not ascii_only or any(name in low for name in _HEADER_NAMES):
+        text = _HEADER_SECRET.sub(lambda m: m.group(1) + m.group(2) + "<redacted>", text)
+    if not ascii_only or any(name in low for name in _JSON_NAMES):
+        text = _JSON_SECRET.sub(lambda m: m.group(1) + "<redacted>", text)
+    return _ID_RUN.sub(_console_ref, text)
+
+
+def _console_ref(match: re.Match[str]) -> str:
+    run = match.group(0)
+    return short_hash(run) if len(run) == _CONSOLE_ID_CHARS else run
 
 
 class RedactingFormatter(logging.Formatter):

@@ -132,10 +132,12 @@ class _Relay:
         self._to_client = self._to_upstream = 0
         self._ending: _Ending | None = None
         self._closer: asyncio.Task[None] | None = None
+        # A timer, not a task: an idle console then costs two tasks, not three.
+        self._watchdog: asyncio.TimerHandle | None = None
 
     async def run(self, first_chunk: bytes) -> RelayResult:
         pump = spawn(self._pump_upstream(first_chunk), name="relay-upstream")
-        watchdog = spawn(self._watch(), name="relay-watchdog")
+        self._watch()
         try:
             await self._pump_client()
         except asyncio.CancelledError:
@@ -145,7 +147,7 @@ class _Relay:
             log.warning("relay failed: %s", type(exc).__name__)  # never str(exc): URLs
             self._end(_Ending("error", WSCloseCode.INTERNAL_ERROR))
         finally:
-            await self._finish(pump, watchdog)
+            await self._finish(pump)
         return self._result()
 
     def _result(self) -> RelayResult:
@@ -195,18 +197,21 @@ class _Relay:
         self._end(_Ending("client", WSCloseCode.ABNORMAL_CLOSURE))
         return False
 
-    async def _watch(self) -> None:
-        """Ends the relay at the idle or the duration limit; sleeps until the nearer one."""
+    def _watch(self) -> None:
+        """Ends the relay at the idle or the duration limit; else re-arms for the nearer one."""
+        self._watchdog = None
+        if self._ending is not None:
+            return
         deadline = self._started + self._settings.max_duration_s
-        while self._ending is None:
-            now = self._clock()
-            idle_at = self._last_data + self._settings.idle_timeout_s
-            if now >= deadline:
-                self._end(_Ending("max_duration", WSCloseCode.OK, "maximum session duration"))
-            elif now >= idle_at:
-                self._end(_Ending("idle", WSCloseCode.OK, "idle timeout"))
-            else:
-                await asyncio.sleep(min(deadline, idle_at) - now)
+        now = self._clock()
+        idle_at = self._last_data + self._settings.idle_timeout_s
+        if now >= deadline:
+            self._end(_Ending("max_duration", WSCloseCode.OK, "maximum session duration"))
+        elif now >= idle_at:
+            self._end(_Ending("idle", WSCloseCode.OK, "idle timeout"))
+        else:
+            loop = asyncio.get_running_loop()
+            self._watchdog = loop.call_later(min(deadline, idle_at) - now, self._watch)
 
     def _end(self, ending: _Ending) -> None:
         """The first ending wins; closing runs in its own task so no caller can cut it short."""
@@ -223,10 +228,11 @@ class _Relay:
         )
         self._closer = spawn(closing, name="relay-close")
 
-    async def _finish(self, pump: asyncio.Task[None], watchdog: asyncio.Task[None]) -> None:
+    async def _finish(self, pump: asyncio.Task[None]) -> None:
         if self._ending is None:  # not reachable by design; never leave a leg open
             self._end(_Ending("error", WSCloseCode.INTERNAL_ERROR))
-        watchdog.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         assert self._closer is not None
         try:
             # asyncio.wait neither raises on timeout nor cancels what it waits for; the

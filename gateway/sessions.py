@@ -72,7 +72,7 @@ class ConsoleConnector:
                 protocols=UPSTREAM_PROTOCOLS,
                 timeout_s=relay.connect_timeout_s,
                 heartbeat_s=relay.heartbeat_s,
-                max_msg_size=relay.max_frame_bytes,
+                max_msg_size=relay.max_frame_bytes + 1,  # aiohttp refuses sizes >= this
             )
         except UpstreamRefused:
             return None

@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
+from gateway.cli import runner_options
 from gateway.config import LoggingSettings, Settings
 from gateway.config_loader import load_settings
 from gateway.observability import AccessLogger, setup_logging
@@ -30,10 +31,12 @@ from gateway.simulator.console_proxy import create_console_proxy_app
 from gateway.simulator.framebuffer import Framebuffer
 from gateway.simulator.rfb import serve_rfb_tcp
 from gateway.simulator.state import ComputeSimulator
+from tests import leaks
 from tests.figures import SecurityFigures
 from tests.rfb_support import WebsockifyUpstream, stop_process_group, wait_listening
 from tests.support import (
     BASE_CONFIG,
+    MINTED_JWTS,
     PROJECT,
     SERVER,
     STOPPED_SERVER,
@@ -47,6 +50,17 @@ from tests.support import (
 
 GatewayFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
+# Before any test module imports create_app by name: every gateway app is watched for leaks.
+leaks.install()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "allow_secret_output(reason, channels=('log',)): this test writes a secret to the "
+        f"named outputs ({', '.join(leaks.CHANNELS)}) on purpose; the leak scanner lets it",
+    )
+
 
 @pytest.fixture(scope="session")
 def security_figures() -> Iterator[SecurityFigures]:
@@ -54,6 +68,85 @@ def security_figures() -> Iterator[SecurityFigures]:
     figures = SecurityFigures()
     yield figures
     figures.write()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leak_scanner_session(security_figures: SecurityFigures) -> Iterator[leaks.LeakScanner]:
+    """The session's leak scanner (tests/leaks.py); its counts become the figures' row."""
+    scanner = leaks.SCANNER
+    leaks.attach()
+    tests_scanned = 0
+    try:
+        yield scanner
+        tests_scanned = scanner.tests
+        orphans = scanner.end_session(scanner.secrets((), ()))
+        scanner.counts.leaks += len(orphans)
+        if orphans:
+            pytest.fail("outside any test: " + leaks.report(orphans), pytrace=False)
+    finally:
+        logging.getLogger().removeHandler(scanner.handler)
+        counts = scanner.counts
+        security_figures.add_background(
+            "leak scanner",
+            inputs=counts.items(),
+            leaks=counts.leaks,
+            tests=tests_scanned,
+            log_lines=counts.log_lines,
+            audit_events=counts.audit_events,
+            responses=counts.responses,
+            body_bytes=counts.body_bytes,
+            unscanned_bodies=counts.unscanned_bodies,
+            ws_close_reasons=counts.ws_close_reasons,
+            metric_samples=counts.metric_samples,
+            allowed_by_marker=counts.allowed,
+            handler_removed=counts.detached,
+            scanner_s=round(scanner.busy_s, 2),
+        )
+
+
+@pytest.fixture
+def leak_scanner(leak_scanner_session: leaks.LeakScanner) -> leaks.LeakScanner:
+    """For tests that make secrets of their own: leak_scanner.add_secret(kind, value)."""
+    return leak_scanner_session
+
+
+@pytest.fixture(autouse=True)
+def _scan_for_leaks(
+    request: pytest.FixtureRequest, leak_scanner_session: leaks.LeakScanner
+) -> Iterator[None]:
+    """Fails the test, at teardown, if a secret reached a gateway output (tests/leaks.py)."""
+    scanner = leak_scanner_session
+    allowed = allowed_channels(request.node)
+    leaks.attach()
+    MINTED_JWTS.clear()
+    scanner.begin()
+    yield
+    if not leaks.attach():  # the test replaced the root handlers (setup_logging)
+        scanner.counts.detached += 1
+    scanner.tests += 1
+    secrets = scanner.secrets(request.node.funcargs.values(), MINTED_JWTS)
+    findings = scanner.end(secrets)
+    MINTED_JWTS.clear()
+    failures = [finding for finding in findings if finding.channel not in allowed]
+    scanner.counts.allowed += len(findings) - len(failures)
+    scanner.counts.leaks += len(failures)
+    if failures:
+        pytest.fail(leaks.report(failures), pytrace=False)
+
+
+def allowed_channels(item: pytest.Item) -> frozenset[str]:
+    """The channels a test's allow_secret_output marker names; it must give a reason."""
+    marker = item.get_closest_marker("allow_secret_output")
+    if marker is None:
+        return frozenset()
+    reason = marker.args[0] if marker.args else marker.kwargs.get("reason")
+    channels = tuple(marker.kwargs.get("channels", (leaks.LOG,)))
+    if not isinstance(reason, str) or not reason.strip():
+        raise pytest.UsageError(f"{item.nodeid}: allow_secret_output needs a reason")
+    unknown = set(channels) - set(leaks.CHANNELS)
+    if unknown:
+        raise pytest.UsageError(f"{item.nodeid}: allow_secret_output: unknown {sorted(unknown)}")
+    return frozenset(channels)
 
 
 @pytest.fixture
@@ -160,7 +253,7 @@ def make_gateway(
             deep_merge({"upstream": {"compute_url": compute_url}}, overrides or {})
         )
         # Started here because TestServer drops runner options given to its constructor.
-        server = TestServer(create_app(settings, redis=redis, clock=clock))
+        server = TestServer(leaks.SCANNER.watch(create_app(settings, redis=redis, clock=clock)))
         await server.start_server(access_log_class=AccessLogger)
         client: TestClient[web.Request, web.Application] = await aiohttp_client(server)
         return client
@@ -213,9 +306,8 @@ async def serve_gateway(
         settings = make_settings(
             deep_merge({"upstream": {"compute_url": compute_url}}, overrides or {})
         )
-        runner = web.AppRunner(
-            create_app(settings, redis=redis, clock=clock), access_log_class=AccessLogger
-        )
+        app = leaks.SCANNER.watch(create_app(settings, redis=redis, clock=clock))
+        runner = web.AppRunner(app, **runner_options(settings))  # as `console-gateway serve`
         await runner.setup()
         runners.append(runner)
         port = free_port()
@@ -274,6 +366,7 @@ async def websockify_upstream(tmp_path: Path) -> AsyncIterator[WebsockifyUpstrea
 def captured_logs() -> Iterator[io.StringIO]:
     stream = io.StringIO()
     handler = setup_logging(LoggingSettings(level="DEBUG", format="json"), stream)
+    leaks.attach()  # setup_logging replaced the root handlers; the leak scanner stays
     try:
         yield stream
     finally:

@@ -33,6 +33,16 @@ class AreaFigures:
 class SecurityFigures:
     def __init__(self) -> None:
         self.areas: dict[str, AreaFigures] = {}
+        # Areas every run reports (the leak scanner): alone they do not replace the last file.
+        self.background: set[str] = set()
+
+    def add_background(
+        self, area: str, *, inputs: int = 0, leaks: int = 0, **measures: float | int | str
+    ) -> None:
+        """Like add(), for an area that runs with every test, adversarial or not."""
+        self.background.add(area)
+        self.add(area, inputs=inputs, leaks=leaks)
+        self.areas[area].measures.update(measures)
 
     def add(
         self,
@@ -56,7 +66,7 @@ class SecurityFigures:
         row.measures.update(measures)
 
     def write(self, path: Path = FIGURES_FILE) -> None:
-        if not self.areas:
+        if not set(self.areas) - self.background:
             return  # a partial run (-k ...) without adversarial tests keeps the last file
         path.parent.mkdir(parents=True, exist_ok=True)
         rows = {name: asdict(row) for name, row in sorted(self.areas.items())}

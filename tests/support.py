@@ -66,6 +66,10 @@ STOPPED_SERVER = "0000c79a-df61-4ade-9197-283a74e5d70e"
 MISSING_SERVER = "deadbeef-df61-4ade-9197-283a74e5d70e"
 
 
+# Every token mint_jwt produced in the running test; the leak scanner empties it per test.
+MINTED_JWTS: list[str] = []
+
+
 def mint_jwt(secret: str = HS_SECRET, algorithm: str = "HS256", **overrides: Any) -> str:
     """A token the BASE_CONFIG gateway accepts, unless overrides spoil it (None removes a claim)."""
     import jwt
@@ -82,7 +86,9 @@ def mint_jwt(secret: str = HS_SECRET, algorithm: str = "HS256", **overrides: Any
     }
     claims.update(overrides)
     claims = {k: v for k, v in claims.items() if v is not None}
-    return jwt.encode(claims, secret, algorithm=algorithm)
+    token = jwt.encode(claims, secret, algorithm=algorithm)
+    MINTED_JWTS.append(token)  # the leak scanner (tests/leaks.py) looks for each in outputs
+    return token
 
 
 def bearer(token: str) -> dict[str, str]:

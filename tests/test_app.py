@@ -223,3 +223,26 @@ async def test_embedded_store_warns_and_serves(
     response = await client.post("/v1/consoles", json=BODY, headers=bearer(mint_jwt()))
     assert response.status == 201
     assert (await client.get("/readyz")).status == 200
+
+
+@pytest.mark.parametrize("encoding", ["br", "zstd", "gzip", "x-unknown"])
+async def test_any_content_encoding_is_a_json_415_not_aiohttps_plain_400(
+    make_gateway: GatewayFactory,
+    real_redis: aioredis.Redis,
+    simulator: ComputeSimulator,
+    encoding: str,
+) -> None:
+    """Found by tests/adversarial/test_fuzz.py: `br` got aiohttp's text/plain 400."""
+    client = await make_gateway(real_redis)
+    headers = {**bearer(mint_jwt()), "Content-Type": "application/json"}
+    response = await client.post(
+        "/v1/consoles",
+        data=b"\x8b\x00\x80garbage",
+        headers={**headers, "Content-Encoding": encoding},
+    )
+    assert response.status == 415
+    error = (await response.json())["error"]
+    assert error["code"] == "unsupported_media_type"
+    assert error["request_id"] == response.headers["X-Request-ID"]
+    assert await redis_keys(real_redis) == []
+    assert simulator.console_calls == 0

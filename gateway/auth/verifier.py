@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
 # Compact JWS only (RFC 7515 section 7.1); an empty signature is never acceptable here.
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _REQUIRED_CLAIMS = ["exp", "iss", "aud", "sub"]
+# Tokens up to this long have their header checks cached (typical JWTs are well under 1 KiB).
+_CACHED_TOKEN_CHARS = 2048
+_NUMERIC_DATES = ("exp", "nbf", "iat")
 _CLAIM_ERRORS: tuple[tuple[type[jwt.InvalidTokenError], str], ...] = (
     (jwt.ExpiredSignatureError, "The token has expired."),
     (jwt.ImmatureSignatureError, "The token is not yet valid."),
@@ -72,7 +76,7 @@ class TokenVerifier:
     def _decode(self, token: str, key: VerificationKey) -> dict[str, Any]:
         settings = self._settings
         try:
-            return jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token,
                 key,
                 algorithms=list(settings.algorithms),
@@ -83,6 +87,15 @@ class TokenVerifier:
             )
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated(_claim_message(exc)) from None
+        # PyJWT runs int() over exp/nbf/iat, so "exp": "1800000000" would pass; RFC 7519
+        # section 2 makes a NumericDate a JSON number.
+        if any(_not_a_number(claims[name]) for name in _NUMERIC_DATES if name in claims):
+            raise Unauthenticated("The token's time claims must be numbers.")
+        return claims
+
+
+def _not_a_number(value: Any) -> bool:
+    return isinstance(value, bool) or not isinstance(value, int | float)
 
 
 def _claim_message(exc: jwt.InvalidTokenError) -> str:
@@ -97,6 +110,20 @@ def unverified_kid(token: str, algorithms: Sequence[str], max_bytes: int) -> str
     """Reject what must never reach key lookup or PyJWT; return the header's `kid`."""
     if len(token) > max_bytes:
         raise Unauthenticated("The token is too large.")
+    if len(token) <= _CACHED_TOKEN_CHARS:
+        return _cached_kid(token, tuple(algorithms))
+    return _checked_kid(token, algorithms)
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_kid(token: str, algorithms: tuple[str, ...]) -> str | None:
+    # A client presents the same token for minutes: its header checks (a pure function of
+    # the token) run once. Refusals raise and are not cached; the signature and claims are
+    # still verified on every request. At most 1024 x _CACHED_TOKEN_CHARS characters.
+    return _checked_kid(token, algorithms)
+
+
+def _checked_kid(token: str, algorithms: Sequence[str]) -> str | None:
     if not _COMPACT_JWS.fullmatch(token):
         raise Unauthenticated("The token is malformed.")
     try:

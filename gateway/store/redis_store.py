@@ -20,10 +20,11 @@ from gateway.models import ConsoleRecord, Expiring
 from gateway.store import codec
 from gateway.store.connect import RedisClient
 from gateway.store.keyspace import KeySpace
-from gateway.store.scripts import EXTEND, REVOKE, SETTLE
+from gateway.store.scripts import EXTEND, PUT, REVOKE, SETTLE
 from gateway.tasks import spawn
 
 _POLL_FIRST_S, _POLL_MAX_S = 0.02, 0.1
+_MAX_ORPHANS = 10_000
 _WAIT_TIMEOUT = "timed out waiting for another request to fetch the console"
 
 
@@ -71,7 +72,11 @@ class Store:
         self._cache = cache
         self._clock = clock
         self._flights: dict[str, asyncio.Task[Expiring]] = {}
+        # Locks this instance may still hold although a flight ended on a store failure
+        # (a lost reply, a partition): key -> token, released when the key is wanted again.
+        self._orphans: dict[str, str] = {}
         self._settle_script = redis.register_script(SETTLE)
+        self._put_script = redis.register_script(PUT)
         self._revoke_script = redis.register_script(REVOKE)
         self._extend_script = redis.register_script(EXTEND)
 
@@ -134,8 +139,18 @@ class Store:
         deadline = time.monotonic() + self._cache.lock_wait_s
         while True:
             token = secrets.token_hex(16)
-            if await self._acquire(key, token):
-                return await self._hold(key, token, fetch, ttl_s, min_s)
+            try:
+                if await self._acquire(key, token):
+                    return await self._hold(key, token, fetch, ttl_s, min_s)
+            except StoreUnavailable:
+                # SET NX may have run, or the release not: otherwise the next burst would
+                # wait lock_wait_s for a lock nobody releases, and answer 504.
+                self._orphaned(key, token)
+                raise
+            orphan = self._orphans.pop(key, None)
+            if orphan is not None:  # the lock in the way may be our own: free it, retry
+                await self._settle(key, orphan)  # once: a failure here is this call's 503
+                continue
             found = await self._wait_for_holder(key, min_s, deadline)
             if found is not None:
                 return found
@@ -176,9 +191,17 @@ class Store:
 
     async def _release(self, key: str, token: str, *, error: GatewayError | None = None) -> None:
         # Best effort on a failure path: the caller's own error matters more, and an
-        # unreleased lock still expires after lock_ttl_s.
-        with contextlib.suppress(StoreUnavailable):
+        # unreleased lock still expires after lock_ttl_s (or goes with the key's next flight).
+        try:
             await self._settle(key, token, error=error)
+        except StoreUnavailable:
+            self._orphaned(key, token)
+
+    def _orphaned(self, key: str, token: str) -> None:
+        self._orphans.pop(key, None)
+        self._orphans[key] = token
+        if len(self._orphans) > _MAX_ORPHANS:  # the oldest have expired in Redis by now
+            del self._orphans[next(iter(self._orphans))]
 
     async def _wait_for_holder(self, key: str, min_s: float, deadline: float) -> Expiring | None:
         """The holder's value; None if the lock vanished without one (the holder died)."""
@@ -227,13 +250,10 @@ class Store:
         key = self.keyspace.console(record.id_hash)
         keep_ms = int(keep_s * 1000)
         with _translated(self._metrics):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.delete(key)
-                if keep_ms > 0:
-                    fields = codec.encode_record(record)
-                    pipe.hset(key, mapping={k: v for k, v in fields.items()})
-                    pipe.pexpire(key, keep_ms)
-                await pipe.execute()
+            # One script, not MULTI/DEL/HSET/PEXPIRE/EXEC: one command to send and parse
+            # on the console-creation path (bench/api.py measures it).
+            flat = [item for pair in codec.encode_record(record).items() for item in pair]
+            await self._put_script(keys=[key], args=[keep_ms, *flat])
 
     async def get_console(self, id_hash: str) -> ConsoleRecord | None:
         with _translated(self._metrics):

@@ -15,6 +15,17 @@ end
 return 0
 """
 
+# KEYS: console record. ARGV: keep ms, then field, value pairs. Replaces the record whole
+# (no field of an older record survives); keep ms <= 0 only deletes it.
+PUT = """
+redis.call('DEL', KEYS[1])
+if tonumber(ARGV[1]) > 0 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
 # A bare HSETNX would recreate an expired record without a TTL; the first revoked_at wins.
 REVOKE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then

@@ -15,6 +15,7 @@ from gateway.config import UpstreamSettings
 from gateway.metrics import GatewayMetrics
 from gateway.models import ConsoleTarget
 from gateway.upstream.console_url import ConsoleUrl, parse_console_url
+from gateway.upstream.console_ws import upstream_websocket
 from gateway.upstream.credentials import CredentialProvider
 from gateway.upstream.http import read_json
 
@@ -55,7 +56,11 @@ def console_url_from_body(body: object, console_hosts: tuple[str, ...]) -> Conso
     url = console.get("url") if isinstance(console, dict) else None
     if not isinstance(url, str):
         raise errors.UpstreamError(_UNUSABLE)
-    return parse_console_url(url, console_hosts)
+    checked = parse_console_url(url, console_hosts)
+    # The WebSocket the relay would open (noVNC's path= may name another host): refused now,
+    # not cached as a link that can never open. The default path stands in for relay's.
+    upstream_websocket(url, "websockify", console_hosts)
+    return checked
 
 
 class ComputeClient:
@@ -157,8 +162,15 @@ class ComputeClient:
             raise _Retryable(errors.UpstreamError(_UNREACHABLE)) from exc
         except TimeoutError:
             raise
+        except aiohttp.ClientSSLError:
+            # The same certificate would be refused again: no retry.
+            raise errors.UpstreamError("The compute API's TLS certificate was refused.") from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise _Retryable(errors.UpstreamError(_UNREACHABLE)) from exc
+        except aiohttp.ClientResponseError:
+            # aiohttp's parser refused the answer (not HTTP, bad chunking, oversized headers);
+            # from None: its message quotes the upstream's bytes.
+            raise errors.UpstreamError(_UNUSABLE) from None
 
 
 def _cancelling() -> bool:

@@ -77,6 +77,6 @@ async def read_json(resp: aiohttp.ClientResponse, limit: int, *, what: str) -> o
             raise errors.UpstreamError(f"The {what} sent an oversized answer.")
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deeply nested arrays or objects
         # Never the body itself: it may carry a token.
         raise errors.UpstreamError(f"The {what} answered with a body that is not JSON.") from None

@@ -12,6 +12,8 @@ from gateway import errors
 
 def _too_deep(raw: str, max_depth: int) -> bool:
     """Count bracket nesting outside strings, so json.loads never recurses past max_depth."""
+    if raw.count("[") + raw.count("{") <= max_depth:
+        return False  # not enough brackets to nest that deep: skip the per-character walk
     depth = 0
     in_string = escaped = False
     for char in raw:

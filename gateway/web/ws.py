@@ -53,7 +53,7 @@ async def console_websocket(request: web.Request) -> web.StreamResponse:
     client = web.WebSocketResponse(
         protocols=UPSTREAM_PROTOCOLS,  # echoed only if the browser asked for it
         heartbeat=relay_settings.heartbeat_s,
-        max_msg_size=relay_settings.max_frame_bytes,
+        max_msg_size=relay_settings.max_frame_bytes + 1,  # aiohttp refuses sizes >= this
     )
     if not client.can_prepare(request).ok:
         raise errors.BadRequest("A valid WebSocket handshake is required.")

@@ -37,8 +37,19 @@ def auth_settings(**overrides: Any) -> AuthSettings:
     return AuthSettings.model_validate({**base, **overrides})
 
 
+@dataclass(frozen=True)
+class FromNow:
+    """A time claim relative to when the token is minted: parametrize tables are built at
+    import, and a test may run long after that in a big suite."""
+
+    seconds: int
+
+
 def claims(**overrides: Any) -> dict[str, Any]:
     now = int(time.time())
+    overrides = {
+        k: now + v.seconds if isinstance(v, FromNow) else v for k, v in overrides.items()
+    }
     base: dict[str, Any] = {
         "iss": ISSUER,
         "aud": AUDIENCE,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from gateway.config import AuthSettings, ConfigError, Settings
 from gateway.errors import Unauthenticated
 from tests.auth.conftest import (
     DROP,
+    FromNow,
     JwksServer,
     auth_settings,
     claims,
@@ -28,7 +28,6 @@ from tests.auth.conftest import (
 from tests.support import HS_SECRET
 
 SECRET = HS_SECRET.encode()
-NOW = int(time.time())
 
 
 def pem(public_key: Any) -> bytes:
@@ -83,9 +82,9 @@ async def test_good_hs256_token_gives_the_principal(
         ({"iss": "https://evil.example.com"}, "issuer"),
         ({"aud": "another-service"}, "not meant"),
         ({"aud": ["another-service", "third"]}, "not meant"),
-        ({"exp": NOW - 45}, "expired"),
-        ({"nbf": NOW + 45}, "not yet valid"),
-        ({"iat": NOW + 45}, "not yet valid"),
+        ({"exp": FromNow(-45)}, "expired"),
+        ({"nbf": FromNow(45)}, "not yet valid"),
+        ({"iat": FromNow(45)}, "not yet valid"),
         ({"exp": DROP}, "required claim"),
         ({"sub": DROP}, "required claim"),
         ({"iss": DROP}, "required claim"),
@@ -107,9 +106,9 @@ async def test_bad_claims_are_refused(
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"exp": NOW - 15},
-        {"nbf": NOW + 15},
-        {"iat": NOW + 15},
+        {"exp": FromNow(-15)},
+        {"nbf": FromNow(15)},
+        {"iat": FromNow(15)},
         {"aud": ["another-service", "console-gateway"]},
     ],
 )
@@ -121,7 +120,7 @@ async def test_within_leeway_is_accepted(
 
 
 async def test_leeway_comes_from_settings(session: aiohttp.ClientSession) -> None:
-    token = hs256(claims(exp=NOW - 15))
+    token = hs256(claims(exp=FromNow(-15)))
     await refused(create_verifier(auth_settings(leeway_s=0), session), token)
 
 
