@@ -641,11 +641,20 @@ def idle_rows(
             None,
             None,
             "consoles",
-            f">= {wanted:,} (fd-capped: {capacity:,})",
-            last.consoles >= min(wanted, capacity),
+            *held_target(last.consoles, wanted, capacity),
         )
     )
     return rows
+
+
+def held_target(held: int, wanted: int, capacity: int) -> tuple[str, bool | None]:
+    """The target text and verdict for the consoles held; None when the machine cannot
+    even offer the wanted number (the fd hard limit): a blocked target is not a met one."""
+    if held >= wanted:
+        return f">= {wanted:,}", True
+    if held >= capacity:
+        return f">= {wanted:,}: BLOCKED here, only {capacity:,} fit under the fd hard limit", None
+    return f">= {wanted:,} ({capacity:,} would fit)", False
 
 
 # -- entry points --------------------------------------------------------------------------

@@ -173,3 +173,10 @@ async def test_lease_heartbeat_costs_one_zadd_per_key_not_per_console(
     for admission in admitted:
         for key in (keyspace.live_on_console(admission.id_hash), keyspace.live_of_subject("alice")):
             assert await real_redis.zscore(key, admission.member) == clock.now + 30.0
+
+
+def test_consoles_held_is_blocked_not_met_when_the_fd_limit_is_below_the_target() -> None:
+    assert relay.held_target(10_000, 10_000, 20_000)[1] is True
+    text, met = relay.held_target(9_892, 10_000, 9_892)
+    assert met is None and "BLOCKED" in text
+    assert relay.held_target(5_000, 10_000, 9_892)[1] is False
