@@ -65,13 +65,27 @@ class TokenVerifier:
     def __init__(self, settings: AuthSettings, keys: KeySource) -> None:
         self._settings = settings
         self._keys = keys
+        # A client presents the same token for minutes: its header checks (a pure function
+        # of the token) run once. Refusals raise and are not cached; the signature and
+        # claims are still verified on every request. At most 1024 x _CACHED_TOKEN_CHARS.
+        self._cached_kid = functools.lru_cache(maxsize=1024)(
+            functools.partial(unverified_kid, algorithms=settings.algorithms)
+        )
 
     async def verify(self, token: str) -> Principal:
         """The caller behind a token: Unauthenticated on any defect, 503 if JWKS never loaded."""
-        kid = unverified_kid(token, self._settings.algorithms, self._settings.max_token_bytes)
+        kid = self._kid(token)
         key = await self._keys.key_for(kid)
         claims = self._decode(token, key)
         return principal_from_claims(claims, self._settings)
+
+    def _kid(self, token: str) -> str | None:
+        if len(token) > self._settings.max_token_bytes:
+            raise Unauthenticated("The token is too large.")
+        if len(token) <= _CACHED_TOKEN_CHARS:
+            kid: str | None = self._cached_kid(token)
+            return kid
+        return unverified_kid(token, self._settings.algorithms)
 
     def _decode(self, token: str, key: VerificationKey) -> dict[str, Any]:
         settings = self._settings
@@ -106,24 +120,10 @@ def _claim_message(exc: jwt.InvalidTokenError) -> str:
     return "The token is invalid."
 
 
-def unverified_kid(token: str, algorithms: Sequence[str], max_bytes: int) -> str | None:
-    """Reject what must never reach key lookup or PyJWT; return the header's `kid`."""
-    if len(token) > max_bytes:
-        raise Unauthenticated("The token is too large.")
-    if len(token) <= _CACHED_TOKEN_CHARS:
-        return _cached_kid(token, tuple(algorithms))
-    return _checked_kid(token, algorithms)
+def unverified_kid(token: str, algorithms: Sequence[str]) -> str | None:
+    """Reject what must never reach key lookup or PyJWT; return the header's `kid`.
 
-
-@functools.lru_cache(maxsize=1024)
-def _cached_kid(token: str, algorithms: tuple[str, ...]) -> str | None:
-    # A client presents the same token for minutes: its header checks (a pure function of
-    # the token) run once. Refusals raise and are not cached; the signature and claims are
-    # still verified on every request. At most 1024 x _CACHED_TOKEN_CHARS characters.
-    return _checked_kid(token, algorithms)
-
-
-def _checked_kid(token: str, algorithms: Sequence[str]) -> str | None:
+    The caller bounds the token's size first (auth.max_token_bytes)."""
     if not _COMPACT_JWS.fullmatch(token):
         raise Unauthenticated("The token is malformed.")
     try:

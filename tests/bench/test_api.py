@@ -8,6 +8,7 @@ import re
 import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -30,7 +31,7 @@ from bench.api_load import (
 from bench.api_upstream import create_app as create_stub_app
 from bench.harness import Row
 from gateway import errors
-from gateway.auth.verifier import unverified_kid
+from gateway.auth.verifier import StaticKey, TokenVerifier
 from gateway.config import Settings
 from gateway.metrics import GatewayMetrics
 from gateway.models import ConsoleRecord, ConsoleTarget
@@ -46,7 +47,7 @@ from gateway.observability import (
 )
 from gateway.store.keyspace import KeySpace
 from gateway.store.redis_store import Store
-from tests.support import PROJECT, bearer, mint_jwt
+from tests.support import HS_SECRET, PROJECT, bearer, mint_jwt
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[[web.Application], Awaitable[Client]]
@@ -247,19 +248,25 @@ def test_fast_redact_still_hides_console_ids_and_secrets() -> None:
     assert redact("B" * 44) == "B" * 44  # longer runs are not console ids
 
 
-def test_cached_header_checks_still_refuse_every_time() -> None:
-    algorithms = ("HS256",)
+async def test_cached_header_checks_still_refuse_every_time(
+    make_settings: Callable[..., Settings],
+) -> None:
+    def verifier(**auth: Any) -> TokenVerifier:
+        chosen = make_settings({"auth": auth}).auth
+        return TokenVerifier(chosen, StaticKey(HS_SECRET.encode(), chosen.algorithms, "test"))
+
+    cached = verifier()
     token = mint_jwt()
-    assert unverified_kid(token, algorithms, 8192) is None
-    assert unverified_kid(token, algorithms, 8192) is None  # cached: same answer
+    assert (await cached.verify(token)).subject == "alice"
+    assert (await cached.verify(token)).subject == "alice"  # header checks cached
     none_alg = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.c2ln"  # {"alg":"none"}
     for _ in range(2):  # refusals are never cached into acceptance
         with pytest.raises(errors.Unauthenticated):
-            unverified_kid(none_alg, algorithms, 8192)
+            await cached.verify(none_alg)
     long_token = mint_jwt(padding="x" * 3000)  # above the cached size: checked uncached
-    assert unverified_kid(long_token, algorithms, 8192) is None
+    assert (await cached.verify(long_token)).subject == "alice"
     with pytest.raises(errors.Unauthenticated, match="too large"):
-        unverified_kid(long_token, algorithms, 1024)
+        await verifier(max_token_bytes=1024).verify(long_token)
 
 
 def test_cached_metric_children_count_like_labels() -> None:
