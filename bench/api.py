@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import secrets
 import shutil
 import sys
@@ -30,7 +29,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +46,7 @@ from bench.harness import (
     Spread,
     cpu_seconds,
     free_port,
+    pinned_self,
     process,
     ratios,
     redis_server,
@@ -168,21 +168,6 @@ def check_load(side: str, result: LoadResult) -> LoadResult:
     return result
 
 
-@contextlib.contextmanager
-def pinned_to(cpu: int) -> Iterator[None]:
-    """This process (the Python generator, the burst client) on the load core meanwhile."""
-    if not hasattr(os, "sched_setaffinity"):
-        yield
-        return
-    before = os.sched_getaffinity(0)
-    with contextlib.suppress(OSError):
-        os.sched_setaffinity(0, {cpu})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
-
-
 PARTS = ("hit", "miss", "burst")
 
 
@@ -200,7 +185,7 @@ def measure(quick: bool = False, parts: Sequence[str] = PARTS) -> tuple[list[Sid
                 "--delay-ms", str(UPSTREAM_DELAY_MS)]  # fmt: skip
     try:
         with (
-            pinned_to(LOAD_CPU),
+            pinned_self(LOAD_CPU),
             redis_server(cpu=LOAD_CPU) as redis_url,
             process(stub_cmd, port=compute_port, cpu=LOAD_CPU, log_name="stub"),
         ):

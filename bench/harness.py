@@ -216,3 +216,18 @@ def machine_facts() -> dict[str, str]:
         "kernel": os.uname().release,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
+
+
+@contextlib.contextmanager
+def pinned_self(cpu: int) -> Iterator[None]:
+    """Run this process (a load generator) on `cpu` meanwhile, restoring its affinity after."""
+    if not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)

@@ -53,6 +53,7 @@ from bench.harness import (
     free_port,
     percentile,
     pinned,
+    pinned_self,
     process,
     ratios,
     redis_server,
@@ -658,21 +659,6 @@ def held_target(held: int, wanted: int, capacity: int) -> tuple[str, bool | None
 
 
 # -- entry points --------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def pinned_self(cpu: int) -> Iterator[None]:
-    """Run this process (the load generator) on `cpu`, restoring its affinity afterwards."""
-    if not hasattr(os, "sched_getaffinity"):
-        yield
-        return
-    before = os.sched_getaffinity(0)
-    with contextlib.suppress(OSError):
-        os.sched_setaffinity(0, {cpu})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 def run(quick: bool = False) -> list[Row]:

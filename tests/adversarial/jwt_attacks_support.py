@@ -1,23 +1,18 @@
 """Helpers for the JWT attack matrix: keys, hand-forged tokens, counting listeners, store snapshots.
 
-tests/auth/conftest.py has similar fixtures, but they are scoped to tests/auth; the matrix
-needs its own (and adds a key-URL listener and a Redis state snapshot).
+Token forging and claims come from tests/jwt_support.py (shared with tests/auth); this adds
+the matrix's keys, a key-URL listener and a Redis state snapshot.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime
-import hashlib
-import hmac
-import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import jwt
 import redis.asyncio as aioredis
 from aiohttp import web
 from cryptography import x509
@@ -27,52 +22,20 @@ from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey as RsaKey
 from cryptography.x509.oid import NameOID
 
+from tests.jwt_support import b64url, public_jwk
+from tests.jwt_support import claims as base_claims
 from tests.support import HS_SECRET, PROJECT
 
-ISSUER = "https://portal.example.com"
-AUDIENCE = "console-gateway"
 LEEWAY_S = 30  # AuthSettings' default, which the matrix's gateways keep
 RSA_KID = "portal-rsa-1"
 EC_KID = "portal-ec-1"
 OCT_KID = "portal-oct-1"
 OCT_SECRET = b"a-published-symmetric-secret-that-must-never-verify"
-DROP = object()  # a claim value meaning "leave this claim out"
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def claims(**overrides: Any) -> dict[str, Any]:
     """Claims the matrix's gateways accept, unless overrides spoil them (DROP removes one)."""
-    now = int(time.time())
-    base: dict[str, Any] = {
-        "iss": ISSUER,
-        "aud": AUDIENCE,
-        "sub": "alice",
-        "iat": now,
-        "exp": now + 300,
-        "projects": [PROJECT],
-        "roles": [],
-    }
-    base.update(overrides)
-    return {k: v for k, v in base.items() if v is not DROP}
-
-
-def forge(
-    header: dict[str, Any] | bytes,
-    payload: dict[str, Any] | bytes,
-    *,
-    hmac_key: bytes | None = None,
-    signature: bytes = b"not-a-signature",
-) -> str:
-    """A compact JWS built by hand, for headers and algorithms PyJWT refuses to produce."""
-    head = header if isinstance(header, bytes) else json.dumps(header).encode()
-    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    signing_input = f"{b64url(head)}.{b64url(body)}"
-    if hmac_key is not None:
-        signature = hmac.new(hmac_key, signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{b64url(signature)}"
+    return base_claims(**{"projects": [PROJECT], **overrides})
 
 
 @dataclass(frozen=True)
@@ -93,8 +56,8 @@ class Keys:
 
     def jwks_document(self) -> dict[str, Any]:
         """Both real public keys and a published `oct` secret (which must never verify)."""
-        rsa_jwk = public_jwk(self.rsa, RSA_KID, "RS256")
-        ec_jwk = public_jwk(self.ec, EC_KID, "ES256")
+        rsa_jwk = public_jwk(self.rsa, RSA_KID, "RS256", use="sig")
+        ec_jwk = public_jwk(self.ec, EC_KID, "ES256", use="sig")
         oct_jwk = {"kty": "oct", "kid": OCT_KID, "alg": "HS256", "k": b64url(OCT_SECRET)}
         return {"keys": [rsa_jwk, ec_jwk, oct_jwk]}
 
@@ -103,14 +66,6 @@ def _public_pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
     return key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-
-
-def public_jwk(
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, kid: str, alg: str
-) -> dict[str, Any]:
-    family = "RS256" if isinstance(key, rsa.RSAPrivateKey) else "ES256"
-    jwk: dict[str, Any] = jwt.get_algorithm_by_name(family).to_jwk(key.public_key(), as_dict=True)
-    return {**jwk, "kid": kid, "alg": alg, "use": "sig"}
 
 
 def make_keys() -> Keys:

@@ -39,7 +39,6 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway.simulator.state import ComputeSimulator
 from tests.adversarial.jwt_attacks_support import (
-    DROP,
     EC_KID,
     LEEWAY_S,
     OCT_KID,
@@ -48,9 +47,7 @@ from tests.adversarial.jwt_attacks_support import (
     JwksEndpoint,
     Keys,
     KeyUrlListener,
-    b64url,
     claims,
-    forge,
     hs_secret,
     leaked,
     make_keys,
@@ -59,6 +56,7 @@ from tests.adversarial.jwt_attacks_support import (
     store_changes,
 )
 from tests.figures import SecurityFigures
+from tests.jwt_support import DROP, b64url, forge
 from tests.support import PROJECT, SERVER, deep_merge
 
 Client = TestClient[web.Request, web.Application]

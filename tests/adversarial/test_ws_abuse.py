@@ -96,18 +96,23 @@ async def serve(
     return start
 
 
+Scene = tuple[Served, Victim, list[float]]
+SceneFactory = Callable[..., Awaitable[Scene]]
+
+
 @pytest.fixture
-async def victim_of(
-    http: aiohttp.ClientSession,
-) -> AsyncIterator[Callable[[Served], Awaitable[Victim]]]:
+async def scene(serve: Serve, http: aiohttp.ClientSession) -> AsyncIterator[SceneFactory]:
+    """A served gateway, a console on it, and a victim on that console whose baseline latency
+    is measured before the attack starts."""
     victims: list[Victim] = []
 
-    async def open_victim(served: Served) -> Victim:
+    async def open_scene(overrides: dict[str, Any] | None = None) -> Scene:
+        served = await serve(overrides)
         victim = await Victim.open(http, served.gateway.ws_url(served.console_id))
         victims.append(victim)
-        return victim
+        return served, victim, await victim.baseline()
 
-    yield open_victim
+    yield open_scene
     for victim in victims:
         await victim.stop()
 
@@ -130,16 +135,14 @@ HOSTILE_ORIGINS: list[str | None] = [
 
 
 async def test_hostile_origins_get_403_before_the_upgrade(
+    scene: SceneFactory,
     serve: Serve,
-    victim_of: Callable[[Served], Awaitable[Victim]],
     backend: AbuseBackend,
     simulator: ComputeSimulator,
     real_redis: aioredis.Redis,
     security_figures: SecurityFigures,
 ) -> None:
-    served = await serve()
-    victim = await victim_of(served)
-    baseline = await victim.baseline()
+    served, victim, baseline = await scene()
     upgrades, calls = backend.handled, simulator.console_calls
     keys = await redis_keys(real_redis)
     mark = victim.mark()
@@ -195,14 +198,11 @@ SUBPROTOCOL_OFFERS: list[tuple[str | None, str | None]] = [
 
 
 async def test_odd_subprotocols_are_answered_as_documented(
-    serve: Serve,
-    victim_of: Callable[[Served], Awaitable[Victim]],
+    scene: SceneFactory,
     backend: AbuseBackend,
     security_figures: SecurityFigures,
 ) -> None:
-    served = await serve()
-    victim = await victim_of(served)
-    baseline = await victim.baseline()
+    served, victim, baseline = await scene()
     mark = victim.mark()
     inputs = accepted = refused = server_errors = 0
     for _ in range(3):
@@ -241,14 +241,11 @@ async def test_odd_subprotocols_are_answered_as_documented(
 
 
 async def test_text_frames_close_with_1003(
-    serve: Serve,
-    victim_of: Callable[[Served], Awaitable[Victim]],
+    scene: SceneFactory,
     backend: AbuseBackend,
     security_figures: SecurityFigures,
 ) -> None:
-    served = await serve()
-    victim = await victim_of(served)
-    baseline = await victim.baseline()
+    served, victim, baseline = await scene()
     mark = victim.mark()
     texts = ["hello", "", "RFB 003.008\n", "\u00e9" * 1000, '{"a": 1}']
     inputs = refused = 0
@@ -287,14 +284,11 @@ async def test_text_frames_close_with_1003(
 
 
 async def test_frames_over_max_frame_bytes_close_with_1009(
-    serve: Serve,
-    victim_of: Callable[[Served], Awaitable[Victim]],
+    scene: SceneFactory,
     backend: AbuseBackend,
     security_figures: SecurityFigures,
 ) -> None:
-    served = await serve()
-    victim = await victim_of(served)
-    baseline = await victim.baseline()
+    served, victim, baseline = await scene()
     mark = victim.mark()
     rss_before = rss_bytes()
     inputs = refused = 0
@@ -339,14 +333,11 @@ async def test_frames_over_max_frame_bytes_close_with_1009(
 
 
 async def test_fragment_floods_stay_bounded(
-    serve: Serve,
-    victim_of: Callable[[Served], Awaitable[Victim]],
+    scene: SceneFactory,
     backend: AbuseBackend,
     security_figures: SecurityFigures,
 ) -> None:
-    served = await serve()
-    victim = await victim_of(served)
-    baseline = await victim.baseline()
+    served, victim, baseline = await scene()
     mark = victim.mark()
     rss_before = rss_bytes()
     inputs = refused = 0
@@ -423,14 +414,11 @@ async def test_fragment_floods_stay_bounded(
 
 
 async def test_ping_flood_does_not_starve_the_victim(
-    serve: Serve,
-    victim_of: Callable[[Served], Awaitable[Victim]],
+    scene: SceneFactory,
     backend: AbuseBackend,
     security_figures: SecurityFigures,
 ) -> None:
-    served = await serve()
-    victim = await victim_of(served)
-    baseline = await victim.baseline()
+    served, victim, baseline = await scene()
     raw = await RawWebSocket.connect(served.port, served.ws_path())
     assert await raw.read_data(len(RFB_GREETING)) == RFB_GREETING
     pings, batch = 20_000, 500
@@ -465,14 +453,11 @@ STREAM_TOTAL = 256 * 1024 * 1024
 
 
 async def test_slow_reader_is_held_by_backpressure(
-    serve: Serve,
-    victim_of: Callable[[Served], Awaitable[Victim]],
+    scene: SceneFactory,
     backend: AbuseBackend,
     security_figures: SecurityFigures,
 ) -> None:
-    served = await serve()
-    victim = await victim_of(served)
-    baseline = await victim.baseline()
+    served, victim, baseline = await scene()
     rss_before = rss_bytes()
     mark = victim.mark()
     readers = 3
@@ -511,14 +496,11 @@ HEARTBEAT_S = 0.5
 
 
 async def test_half_open_clients_are_closed_by_the_heartbeat(
-    serve: Serve,
-    victim_of: Callable[[Served], Awaitable[Victim]],
+    scene: SceneFactory,
     backend: AbuseBackend,
     security_figures: SecurityFigures,
 ) -> None:
-    served = await serve({"relay": {"heartbeat_s": HEARTBEAT_S}})
-    victim = await victim_of(served)
-    baseline = await victim.baseline()
+    served, victim, baseline = await scene({"relay": {"heartbeat_s": HEARTBEAT_S}})
     mark = victim.mark()
     count = 20
     started = time.perf_counter()
@@ -551,15 +533,12 @@ KEEPALIVE_S = 2.0
 
 
 async def test_slowloris_handshakes_are_dropped(
-    serve: Serve,
-    victim_of: Callable[[Served], Awaitable[Victim]],
+    scene: SceneFactory,
     http: aiohttp.ClientSession,
     security_figures: SecurityFigures,
 ) -> None:
     raise_fd_limit()  # as `console-gateway serve` does: 2,000 sockets in this process
-    served = await serve({"server": {"keepalive_timeout_s": KEEPALIVE_S}})
-    victim = await victim_of(served)
-    baseline = await victim.baseline()
+    served, victim, baseline = await scene({"server": {"keepalive_timeout_s": KEEPALIVE_S}})
     mark = victim.mark()
     path = served.ws_path()
     partials = [

@@ -18,7 +18,8 @@ from pytest_aiohttp import AiohttpServer
 from gateway.auth.jwks import JwksCache, parse_jwks, select_key
 from gateway.errors import ServiceUnavailable, Unauthenticated
 from gateway.tasks import spawn
-from tests.auth.conftest import JwksServer, public_jwk
+from tests.auth.conftest import JwksServer
+from tests.jwt_support import public_jwk
 from tests.support import FakeClock
 
 TTL_S = 300.0

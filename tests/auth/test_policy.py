@@ -16,7 +16,7 @@ from gateway.auth.policy import (
 )
 from gateway.config import Settings
 from gateway.errors import Forbidden, Unauthenticated
-from tests.auth.conftest import auth_settings
+from tests.jwt_support import auth_settings
 
 SETTINGS = auth_settings()
 

@@ -16,15 +16,8 @@ from gateway.auth.policy import Principal
 from gateway.auth.verifier import TokenVerifier, create_verifier
 from gateway.config import AuthSettings, ConfigError, Settings
 from gateway.errors import Unauthenticated
-from tests.auth.conftest import (
-    DROP,
-    FromNow,
-    JwksServer,
-    auth_settings,
-    claims,
-    forge,
-    public_jwk,
-)
+from tests.auth.conftest import JwksServer
+from tests.jwt_support import DROP, FromNow, auth_settings, claims, forge, public_jwk
 from tests.support import HS_SECRET
 
 SECRET = HS_SECRET.encode()
