@@ -21,7 +21,7 @@ from gateway.relay import CLOSE_TIMEOUT_S, close_within
 from gateway.revocation import REVOKED_CLOSE_CODE, REVOKED_REASON
 from gateway.store.connect import RedisClient
 from gateway.store.keyspace import KeySpace
-from gateway.store.redis_store import _translated as translated_store_errors
+from gateway.store.redis_store import translated_store_errors
 from gateway.tasks import spawn
 
 log = logging.getLogger("gateway.connections")

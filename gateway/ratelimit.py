@@ -11,7 +11,7 @@ from gateway import errors
 from gateway.config import LimitSettings
 from gateway.store.connect import RedisClient
 from gateway.store.keyspace import KeySpace
-from gateway.store.redis_store import _translated as translated_store_errors
+from gateway.store.redis_store import translated_store_errors
 
 # KEYS: the subject's creations ZSET (member -> time). ARGV: now, window s, limit, member,
 # key ms. A sliding-window log: at most `limit` creations in any window_s, exactly, and the

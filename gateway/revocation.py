@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 
 from gateway.observability import console_ref
 from gateway.store.connect import RedisClient
-from gateway.store.redis_store import _translated as translated_store_errors
+from gateway.store.redis_store import translated_store_errors
 from gateway.tasks import spawn
 
 log = logging.getLogger("gateway.revocation")

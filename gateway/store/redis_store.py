@@ -29,7 +29,8 @@ _WAIT_TIMEOUT = "timed out waiting for another request to fetch the console"
 
 
 @contextlib.contextmanager
-def _translated(metrics: GatewayMetrics | None = None) -> Iterator[None]:
+def translated_store_errors(metrics: GatewayMetrics | None = None) -> Iterator[None]:
+    """Every Redis failure, whatever the client raised, as StoreUnavailable (a 503)."""
     try:
         yield
     # asyncio.TimeoutError is an OSError since 3.11; an unreachable Cluster raises
@@ -81,7 +82,7 @@ class Store:
         self._extend_script = redis.register_script(EXTEND)
 
     async def ping(self) -> None:
-        with _translated(self._metrics):
+        with translated_store_errors(self._metrics):
             await self._redis.ping()
 
     async def single_flight(
@@ -116,7 +117,7 @@ class Store:
             self._metrics.cache_lookup(cache_name(key), result)
 
     async def invalidate(self, key: str) -> None:
-        with _translated(self._metrics):
+        with translated_store_errors(self._metrics):
             await self._redis.delete(key)
 
     def _launch(
@@ -157,7 +158,7 @@ class Store:
 
     async def _acquire(self, key: str, token: str) -> bool:
         lock_ms = max(1, int(self._cache.lock_ttl_s * 1000))
-        with _translated(self._metrics):
+        with translated_store_errors(self._metrics):
             taken = await self._redis.set(self.keyspace.lock_for(key), token, nx=True, px=lock_ms)
         return bool(taken)
 
@@ -222,7 +223,7 @@ class Store:
 
     async def _snapshot(self, key: str, min_s: float) -> _Snapshot:
         keys = (key, self.keyspace.error_for(key), self.keyspace.lock_for(key))
-        with _translated(self._metrics):
+        with translated_store_errors(self._metrics):
             raw_value, raw_error, lock = await self._redis.mget(keys)
         value = codec.decode_expiring(raw_value)
         if value is not None and not codec.is_fresh(value, self._clock(), min_s):
@@ -242,28 +243,28 @@ class Store:
         if error is not None and error_ms > 0:
             args[3:5] = [codec.encode_error(error), error_ms]
         keys = [key, self.keyspace.error_for(key), self.keyspace.lock_for(key)]
-        with _translated(self._metrics):
+        with translated_store_errors(self._metrics):
             await self._settle_script(keys=keys, args=args)
 
     async def put_console(self, record: ConsoleRecord, *, keep_s: float) -> None:
         """Store (or replace) a record; it disappears after keep_s seconds."""
         key = self.keyspace.console(record.id_hash)
         keep_ms = int(keep_s * 1000)
-        with _translated(self._metrics):
+        with translated_store_errors(self._metrics):
             # One script, not MULTI/DEL/HSET/PEXPIRE/EXEC: one command to send and parse
             # on the console-creation path (bench/api.py measures it).
             flat = [item for pair in codec.encode_record(record).items() for item in pair]
             await self._put_script(keys=[key], args=[keep_ms, *flat])
 
     async def get_console(self, id_hash: str) -> ConsoleRecord | None:
-        with _translated(self._metrics):
+        with translated_store_errors(self._metrics):
             raw = await self._redis.hgetall(self.keyspace.console(id_hash))
         return codec.decode_record(raw) if raw else None
 
     async def revoke_console(self, id_hash: str, *, at: float) -> ConsoleRecord | None:
         """Mark a record revoked, keeping its TTL and the first revoked_at; None if unknown."""
         key = self.keyspace.console(id_hash)
-        with _translated(self._metrics):
+        with translated_store_errors(self._metrics):
             flat: list[Any] | None = await self._revoke_script(keys=[key], args=[repr(float(at))])
         return _record_from_flat(flat)
 
@@ -273,7 +274,7 @@ class Store:
         """Push a live record's expiry later (never earlier); None if unknown or revoked."""
         key = self.keyspace.console(id_hash)
         args: list[str | int] = [repr(float(expires_at)), max(1, int(keep_s * 1000))]
-        with _translated(self._metrics):
+        with translated_store_errors(self._metrics):
             flat: list[Any] | None = await self._extend_script(keys=[key], args=args)
         return _record_from_flat(flat)
 
