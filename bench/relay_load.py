@@ -142,6 +142,24 @@ async def upstream(urls: Sequence[str], seconds: float) -> Throughput:
     return Throughput(total, max(last for _, last in results) - started)
 
 
+async def round_trips(
+    ws: aiohttp.ClientWebSocketResponse, payload: bytes, count: int
+) -> list[float]:
+    """`count` echoes of payload in a row on one session; each one's round trip in seconds."""
+    times: list[float] = []
+    for _ in range(count):
+        sent = time.perf_counter()
+        await ws.send_bytes(payload)
+        got = 0
+        while got < len(payload):
+            msg = await ws.receive()
+            if msg.type is not WSMsgType.BINARY:
+                raise RuntimeError(f"echo ended: {msg.type.name}")
+            got += len(msg.data)
+        times.append(time.perf_counter() - sent)
+    return times
+
+
 async def echo(urls: Sequence[str], rounds: int, warmup: int = 20) -> list[float]:
     """Round-trip times (seconds) of 64-byte messages, `rounds` per session, all concurrent."""
     payload = bytes(range(ECHO_BYTES))
@@ -149,19 +167,8 @@ async def echo(urls: Sequence[str], rounds: int, warmup: int = 20) -> list[float
         sockets = await open_sessions(http, urls)
 
         async def ping(ws: aiohttp.ClientWebSocketResponse) -> list[float]:
-            times: list[float] = []
-            for i in range(warmup + rounds):
-                sent = time.perf_counter()
-                await ws.send_bytes(payload)
-                got = 0
-                while got < ECHO_BYTES:
-                    msg = await ws.receive()
-                    if msg.type is not WSMsgType.BINARY:
-                        raise RuntimeError(f"echo ended: {msg.type.name}")
-                    got += len(msg.data)
-                if i >= warmup:
-                    times.append(time.perf_counter() - sent)
-            return times
+            await round_trips(ws, payload, warmup)
+            return await round_trips(ws, payload, rounds)
 
         try:
             per_session = await asyncio.gather(*(ping(ws) for ws in sockets))
@@ -182,29 +189,17 @@ async def echo_interleaved(
     async with _client() as http:
         sockets = {name: await open_sessions(http, urls) for name, urls in paths.items()}
 
-        async def trips(ws: aiohttp.ClientWebSocketResponse, count: int) -> list[float]:
-            times: list[float] = []
-            for _ in range(count):
-                sent = time.perf_counter()
-                await ws.send_bytes(payload)
-                got = 0
-                while got < ECHO_BYTES:
-                    msg = await ws.receive()
-                    if msg.type is not WSMsgType.BINARY:
-                        raise RuntimeError(f"echo ended: {msg.type.name}")
-                    got += len(msg.data)
-                times.append(time.perf_counter() - sent)
-            return times
-
         results: dict[str, list[float]] = {name: [] for name in paths}
         names = list(paths)
         try:
             for name in names:
-                await asyncio.gather(*(trips(ws, warmup) for ws in sockets[name]))
+                await asyncio.gather(*(round_trips(ws, payload, warmup) for ws in sockets[name]))
             for index in range(math.ceil(rounds / batch)):
                 shift = index % len(names)
                 for name in names[shift:] + names[:shift]:
-                    per_session = await asyncio.gather(*(trips(ws, batch) for ws in sockets[name]))
+                    per_session = await asyncio.gather(
+                        *(round_trips(ws, payload, batch) for ws in sockets[name])
+                    )
                     results[name].extend(t for times in per_session for t in times)
         finally:
             await close_sessions([ws for group in sockets.values() for ws in group])
